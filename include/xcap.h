@@ -1,0 +1,126 @@
+/* xcap: image captioning with a ViT encoder and a GPT-2 decoder joined by cross-attention.
+ *
+ * Public API. The model (weights, config, tokenizer) is read-only once loaded and may be
+ * shared by threads; each thread captions through its own xcap_state (activations, caches).
+ * Every function that can fail returns an xcap_status and writes a one-line message into the
+ * caller's buffer; the library never prints and never exits. */
+#ifndef XCAP_H
+#define XCAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    XCAP_OK = 0,
+    XCAP_ERR_ARG = 1,         /* bad argument or parameter value */
+    XCAP_ERR_IO = 2,          /* a file could not be opened or read */
+    XCAP_ERR_FORMAT = 3,      /* a file is malformed (JSON, safetensors, image) */
+    XCAP_ERR_MODEL = 4,       /* a model file is well-formed but not what the config says */
+    XCAP_ERR_UNSUPPORTED = 5, /* a valid setting that xcap does not implement */
+    XCAP_ERR_NOMEM = 6,
+} xcap_status;
+
+/* How beam search decides it is done (transformers' `early_stopping`). */
+typedef enum {
+    XCAP_EARLY_STOP_HEURISTIC = 0, /* false: stop when no running beam can beat the finished */
+    XCAP_EARLY_STOP_TRUE = 1,      /* true: stop as soon as num_beams hypotheses finished */
+    XCAP_EARLY_STOP_NEVER = 2,     /* "never": bound uses the longest possible length */
+} xcap_early_stopping;
+
+typedef struct {
+    int n_threads;             /* OpenMP and OpenBLAS threads; 0 = all cores */
+    int max_length;            /* counts the start token, as transformers does */
+    int max_new_tokens;        /* > 0: generated tokens only, wins over max_length */
+    int min_length;            /* eos banned while the sequence is shorter (start token counted) */
+    int min_new_tokens;        /* same, counting generated tokens only; 0 = off */
+    int num_beams;             /* 1 = greedy or sampling */
+    float length_penalty;      /* beam score = sum_logprob / length^length_penalty */
+    xcap_early_stopping early_stopping;
+    int do_sample;             /* sample instead of argmax (num_beams must be 1) */
+    float temperature;
+    int top_k;                 /* 0 = off */
+    float top_p;               /* 1.0 = off */
+    float repetition_penalty;  /* 1.0 = off */
+    int no_repeat_ngram_size;  /* 0 = off */
+    int num_return_sequences;  /* n-best: how many finished beams to return (<= num_beams) */
+    uint64_t seed;             /* sampling seed: same seed and settings, same caption */
+} xcap_params;
+
+/* transformers' defaults (max_length 20, greedy, ...). A model's generation_config.json
+ * overrides them: see xcap_model_params(). */
+xcap_params xcap_default_params(void);
+
+typedef struct xcap_model xcap_model;
+typedef struct xcap_state xcap_state;
+
+/* Loads a Hugging Face VisionEncoderDecoder directory (config.json, model.safetensors,
+ * vocab.json + merges.txt or tokenizer.json, preprocessor_config.json, and optionally
+ * generation_config.json). The safetensors file is memory-mapped read-only; every tensor is
+ * checked by name, dtype and shape before use. */
+int xcap_model_load(const char *dir, xcap_model **model, char *err, size_t errlen);
+void xcap_model_free(xcap_model *model);
+
+/* Decoding defaults of this model: xcap_default_params() overridden by the checkpoint's
+ * generation settings (generation_config.json, then legacy keys in config.json). */
+xcap_params xcap_model_params(const xcap_model *model);
+
+/* Things the loader noticed but accepted (unexpected tensors, ...), one per line; "" if none. */
+const char *xcap_model_warnings(const xcap_model *model);
+
+typedef struct {
+    int image_width, image_height; /* the processor's input size */
+    int patch_size;
+    int grid_rows, grid_cols;      /* patch grid */
+    int n_memory;                  /* memory tokens = 1 (CLS) + patches */
+    int enc_hidden, enc_layers, enc_heads;
+    int dec_hidden, dec_layers, dec_heads;
+    int vocab_size, n_positions;
+    int start_token, eos_token, pad_token;
+} xcap_model_info;
+
+xcap_model_info xcap_model_get_info(const xcap_model *model);
+
+int xcap_state_new(const xcap_model *model, xcap_state **state, char *err, size_t errlen);
+void xcap_state_free(xcap_state *state);
+
+/* One returned sequence. tokens holds the generated ids (start token excluded, final eos
+ * included when generation ended on it). */
+typedef struct {
+    int32_t *tokens;
+    int n_tokens;
+    float sum_logprob; /* sum of the chosen tokens' log-probabilities */
+    float score;       /* beam search: sum_logprob / n_tokens^length_penalty; else sum_logprob */
+    char *text;        /* decoded, special tokens skipped, UTF-8 */
+} xcap_hypothesis;
+
+typedef struct {
+    xcap_hypothesis *hyps; /* best first; hyps[0] is the caption */
+    int n_hyps;
+} xcap_result;
+
+/* Captions an RGB image (8-bit, interleaved, row-major, width*height*3 bytes, any size: it is
+ * resized as the checkpoint's processor does). */
+int xcap_caption(xcap_state *state, const uint8_t *rgb, int width, int height,
+                 const xcap_params *params, xcap_result *result, char *err, size_t errlen);
+void xcap_result_free(xcap_result *result);
+
+/* Tokenizer access (for tools and tests). Encoded ids are written to ids (capacity cap);
+ * the number of ids is returned through n_ids even when it exceeds cap. */
+int xcap_tokenize(const xcap_model *model, const char *text, size_t len, int32_t *ids, int cap,
+                  int *n_ids, char *err, size_t errlen);
+/* Decodes ids to UTF-8 (special tokens skipped); the returned string is malloc'ed. */
+int xcap_detokenize(const xcap_model *model, const int32_t *ids, int n_ids, char **text,
+                    char *err, size_t errlen);
+
+const char *xcap_version(void);
+const char *xcap_status_name(int status);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
