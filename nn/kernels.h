@@ -1,0 +1,40 @@
+/* The kernels shared by the image encoder and the text decoder (fp32). Shapes are row-major;
+ * T = rows (tokens), K = input features, N = output features. Each fast kernel has a plain
+ * loop twin in tests/ that it is checked against. */
+#ifndef XCAP_NN_KERNELS_H
+#define XCAP_NN_KERNELS_H
+
+#include <stddef.h>
+
+/* Sets OpenBLAS's and OpenMP's thread counts together (n <= 0: all cores). */
+void nn_set_threads(int n);
+
+/* y[T,N] = x[T,K] · W + b, W stored [K,N]: GPT-2's Conv1D layout. b may be NULL. */
+void matmul_kn(float *y, const float *x, const float *w, const float *b, int T, int K, int N);
+/* y[T,N] = x[T,K] · Wᵀ + b, W stored [N,K]: nn.Linear's layout (ViT, tied lm_head). */
+void matmul_nk(float *y, const float *x, const float *w, const float *b, int T, int K, int N);
+
+/* Mean and biased variance over the last axis: (x − μ)/√(σ² + eps)·γ + β. y may alias x. */
+void layernorm(float *y, const float *x, const float *gamma, const float *beta, int T, int C, float eps);
+
+/* x·½·(1 + erf(x/√2)): ViT's "gelu". */
+void gelu_erf(float *x, size_t n);
+/* ½·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))): GPT-2's "gelu_new". */
+void gelu_tanh(float *x, size_t n);
+
+/* y += x */
+void add_inplace(float *y, const float *x, size_t n);
+
+/* In-place softmax of one row, max-subtracted, fp32. */
+void softmax(float *x, int n);
+
+/* Multi-head scaled dot-product attention. Head h of query row i uses q[i*q_stride + h*hd ..],
+ * keys k[j*k_stride + h*hd ..] and values v[j*v_stride + h*hd ..] for j < n_keys, where
+ * n_keys = causal ? causal_offset + i + 1 : Tk. Writes out[i*out_stride + h*hd ..] and the
+ * softmax rows into probs[(h*Tq + i)*Tk ..] (entries past n_keys are set to 0). probs must hold
+ * H*Tq*Tk floats: it is both scratch and the attention map handed to callers. */
+void attention(float *out, int out_stride, float *probs, const float *q, int q_stride, const float *k,
+               int k_stride, const float *v, int v_stride, int Tq, int Tk, int H, int hd, float scale,
+               int causal, int causal_offset);
+
+#endif

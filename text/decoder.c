@@ -1,0 +1,157 @@
+#include "text/decoder.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nn/common.h"
+#include "nn/kernels.h"
+
+/* Zero-sized buffers (a model with no layers) still get a valid pointer. */
+static float *alloc_floats(size_t n) { return malloc((n ? n : 1) * sizeof(float)); }
+
+int decoder_run_init(decoder_run *r, const xcap_config *c, int max_slots, int max_pos, char *err, size_t errlen) {
+    memset(r, 0, sizeof *r);
+    size_t L = c->dec_layers, E = c->dec_hidden, H = c->dec_heads, F = c->dec_inner;
+    size_t g = c->image_size / c->patch_size, M = g * g + 1, S = max_slots, T = max_pos;
+    r->max_slots = max_slots;
+    r->max_pos = max_pos;
+    r->n_memory = (int)M;
+    r->self_k = alloc_floats(L * S * T * E);
+    r->self_v = alloc_floats(L * S * T * E);
+    r->cross_k = alloc_floats(L * M * E);
+    r->cross_v = alloc_floats(L * M * E);
+    r->x = alloc_floats(S * E);
+    r->xn = alloc_floats(S * E);
+    r->qkv = alloc_floats(S * 3 * E);
+    r->q = alloc_floats(S * E);
+    r->cross_kv = alloc_floats(M * 2 * E);
+    r->reorder_tmp = alloc_floats(S * T * E);
+    r->attn = alloc_floats(S * E);
+    r->ff = alloc_floats(S * F);
+    r->self_probs = alloc_floats(H * T);
+    r->cross_probs = alloc_floats(L * S * H * M);
+    if (!r->self_k || !r->self_v || !r->cross_k || !r->cross_v || !r->x || !r->xn || !r->qkv || !r->q || !r->attn ||
+        !r->ff || !r->self_probs || !r->cross_probs || !r->cross_kv || !r->reorder_tmp) {
+        decoder_run_free(r);
+        return xcap_fail(err, errlen, XCAP_ERR_NOMEM, "out of memory for the decoder caches (%d beams x %d positions)",
+                         max_slots, max_pos);
+    }
+    return XCAP_OK;
+}
+
+void decoder_run_free(decoder_run *r) {
+    free(r->self_k);
+    free(r->self_v);
+    free(r->cross_k);
+    free(r->cross_v);
+    free(r->x);
+    free(r->xn);
+    free(r->qkv);
+    free(r->q);
+    free(r->attn);
+    free(r->ff);
+    free(r->self_probs);
+    free(r->cross_probs);
+    free(r->cross_kv);
+    free(r->reorder_tmp);
+    memset(r, 0, sizeof *r);
+}
+
+void decoder_cross_kv(const xcap_model *m, decoder_run *r, const float *memory) {
+    const xcap_config *c = &m->cfg;
+    size_t M = r->n_memory, E = c->dec_hidden;
+    float *kv = r->cross_kv;
+    for (int l = 0; l < c->dec_layers; l++) {
+        const gpt2_layer_weights *w = &m->dec.layers[l];
+        matmul_kn(kv, memory, w->cross_kv_w, w->cross_kv_b, (int)M, (int)E, (int)(2 * E));
+        float *k = r->cross_k + l * M * E, *v = r->cross_v + l * M * E;
+        for (size_t t = 0; t < M; t++) {
+            memcpy(k + t * E, kv + t * 2 * E, E * sizeof *k);
+            memcpy(v + t * E, kv + t * 2 * E + E, E * sizeof *v);
+        }
+    }
+}
+
+/* GPT-2's attention scale (spec §5.1), shared by self- and cross-attention. */
+static float attn_scale(const xcap_config *c, int layer) {
+    float s = c->scale_attn_weights ? 1.0f / sqrtf((float)(c->dec_hidden / c->dec_heads)) : 1.0f;
+    if (c->scale_attn_by_inverse_layer_idx) s /= (float)(layer + 1);
+    return s;
+}
+
+int decoder_step(const xcap_model *m, decoder_run *r, const int32_t *tokens, int n_seq, int pos, float *logits,
+                 char *err, size_t errlen) {
+    const xcap_config *c = &m->cfg;
+    const gpt2_weights *W = &m->dec;
+    int E = c->dec_hidden, H = c->dec_heads, hd = E / H, F = c->dec_inner, M = r->n_memory;
+    if (pos >= c->n_positions)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "position %d is beyond the decoder's n_positions %d", pos,
+                         c->n_positions);
+    if (pos >= r->max_pos || n_seq > r->max_slots)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "decoder run sized for %d positions x %d beams, asked %d x %d",
+                         r->max_pos, r->max_slots, pos + 1, n_seq);
+    for (int s = 0; s < n_seq; s++) {
+        if (tokens[s] < 0 || tokens[s] >= c->vocab_size)
+            return xcap_fail(err, errlen, XCAP_ERR_ARG, "token id %d outside the vocabulary of %d", tokens[s],
+                             c->vocab_size);
+        float *x = r->x + (size_t)s * E;
+        const float *te = W->wte + (size_t)tokens[s] * E, *pe = W->wpe + (size_t)pos * E;
+        for (int i = 0; i < E; i++) x[i] = te[i] + pe[i];
+    }
+    size_t slot_stride = (size_t)r->max_pos * E, layer_stride = (size_t)r->max_slots * slot_stride;
+    for (int l = 0; l < c->dec_layers; l++) {
+        const gpt2_layer_weights *w = &W->layers[l];
+        float scale = attn_scale(c, l);
+
+        /* 1. causal self-attention over this sequence's cache */
+        layernorm(r->xn, r->x, w->ln_1_w, w->ln_1_b, n_seq, E, c->dec_eps);
+        matmul_kn(r->qkv, r->xn, w->attn_w, w->attn_b, n_seq, E, 3 * E);
+        for (int s = 0; s < n_seq; s++) {
+            float *kc = r->self_k + l * layer_stride + s * slot_stride, *vc = r->self_v + l * layer_stride + s * slot_stride;
+            const float *qkv = r->qkv + (size_t)s * 3 * E;
+            memcpy(kc + (size_t)pos * E, qkv + E, (size_t)E * sizeof *kc);
+            memcpy(vc + (size_t)pos * E, qkv + 2 * E, (size_t)E * sizeof *vc);
+            attention(r->attn + (size_t)s * E, E, r->self_probs, qkv, 3 * E, kc, E, vc, E, 1, pos + 1, H, hd, scale, 0, 0);
+        }
+        matmul_kn(r->xn, r->attn, w->attn_proj_w, w->attn_proj_b, n_seq, E, E);
+        add_inplace(r->x, r->xn, (size_t)n_seq * E);
+
+        /* 2. cross-attention: caption-token queries against the image's keys and values */
+        layernorm(r->xn, r->x, w->ln_cross_w, w->ln_cross_b, n_seq, E, c->dec_eps);
+        matmul_kn(r->q, r->xn, w->cross_q_w, w->cross_q_b, n_seq, E, E);
+        const float *ck = r->cross_k + (size_t)l * M * E, *cv = r->cross_v + (size_t)l * M * E;
+        for (int s = 0; s < n_seq; s++) {
+            float *maps = r->cross_probs + (((size_t)l * r->max_slots + s) * H) * M;
+            attention(r->attn + (size_t)s * E, E, maps, r->q + (size_t)s * E, E, ck, E, cv, E, 1, M, H, hd, scale, 0, 0);
+        }
+        matmul_kn(r->xn, r->attn, w->cross_proj_w, w->cross_proj_b, n_seq, E, E);
+        add_inplace(r->x, r->xn, (size_t)n_seq * E);
+
+        /* 3. MLP */
+        layernorm(r->xn, r->x, w->ln_2_w, w->ln_2_b, n_seq, E, c->dec_eps);
+        matmul_kn(r->ff, r->xn, w->fc_w, w->fc_b, n_seq, E, F);
+        gelu_tanh(r->ff, (size_t)n_seq * F);
+        matmul_kn(r->xn, r->ff, w->mlp_proj_w, w->mlp_proj_b, n_seq, F, E);
+        add_inplace(r->x, r->xn, (size_t)n_seq * E);
+    }
+    layernorm(r->xn, r->x, W->ln_f_w, W->ln_f_b, n_seq, E, c->dec_eps);
+    matmul_nk(logits, r->xn, W->lm_head, NULL, n_seq, E, c->vocab_size);
+    return XCAP_OK;
+}
+
+void decoder_reorder(const xcap_model *m, decoder_run *r, const int *src, int n_seq, int pos) {
+    const xcap_config *c = &m->cfg;
+    size_t E = c->dec_hidden, slot_stride = (size_t)r->max_pos * E, layer_stride = (size_t)r->max_slots * slot_stride;
+    size_t used = (size_t)(pos + 1) * E;
+    /* Gather through a buffer: the permutation may read a slot that it also overwrites. */
+    float *tmp = r->reorder_tmp;
+    for (int l = 0; l < c->dec_layers; l++) {
+        float *caches[2] = {r->self_k + l * layer_stride, r->self_v + l * layer_stride};
+        for (int which = 0; which < 2; which++) {
+            float *base = caches[which];
+            for (int s = 0; s < n_seq; s++) memcpy(tmp + s * used, base + src[s] * slot_stride, used * sizeof *tmp);
+            for (int s = 0; s < n_seq; s++) memcpy(base + s * slot_stride, tmp + s * used, used * sizeof *tmp);
+        }
+    }
+}
