@@ -203,6 +203,29 @@ done:
     return rc;
 }
 
+xcap_params xcap_default_params(void) {
+    /* transformers' GenerationConfig defaults (spec §6). */
+    xcap_params p = {
+        .n_threads = 0,
+        .max_length = 20,
+        .max_new_tokens = 0,
+        .min_length = 0,
+        .min_new_tokens = 0,
+        .num_beams = 1,
+        .length_penalty = 1.0f,
+        .early_stopping = XCAP_EARLY_STOP_HEURISTIC,
+        .do_sample = 0,
+        .temperature = 1.0f,
+        .top_k = 50,
+        .top_p = 1.0f,
+        .repetition_penalty = 1.0f,
+        .no_repeat_ngram_size = 0,
+        .num_return_sequences = 1,
+        .seed = 0,
+    };
+    return p;
+}
+
 /* Applies the generation keys present in obj to p (and the token ids to cfg). */
 static int apply_generation_keys(const ctx *c, const cJSON *obj, xcap_config *cfg, xcap_params *p) {
     int rc, v;

@@ -293,29 +293,6 @@ void xcap_model_free(xcap_model *m) {
     free(m);
 }
 
-xcap_params xcap_default_params(void) {
-    /* transformers' GenerationConfig defaults (spec §6). */
-    xcap_params p = {
-        .n_threads = 0,
-        .max_length = 20,
-        .max_new_tokens = 0,
-        .min_length = 0,
-        .min_new_tokens = 0,
-        .num_beams = 1,
-        .length_penalty = 1.0f,
-        .early_stopping = XCAP_EARLY_STOP_HEURISTIC,
-        .do_sample = 0,
-        .temperature = 1.0f,
-        .top_k = 50,
-        .top_p = 1.0f,
-        .repetition_penalty = 1.0f,
-        .no_repeat_ngram_size = 0,
-        .num_return_sequences = 1,
-        .seed = 0,
-    };
-    return p;
-}
-
 xcap_params xcap_model_params(const xcap_model *m) { return m->defaults; }
 
 const char *xcap_model_warnings(const xcap_model *m) { return m->warnings ? m->warnings : ""; }

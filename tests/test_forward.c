@@ -1,0 +1,164 @@
+/* Every stage of the forward pass against goldens written by the PyTorch reference
+ * (weights/reference/make_goldens.py): pixel values, patch embeddings, each encoder layer, the
+ * memory, cross-attention K/V per decoder layer, per-step logits and cross-attention maps. */
+#include <dirent.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cmd/image.h"
+#include "harness.h"
+#include "nn/kernels.h"
+#include "text/decoder.h"
+#include "vision/preprocess.h"
+#include "vision/vit.h"
+#include "weights/model.h"
+
+/* fp32 vs fp32 with different summation orders: well inside 1e-4 on these sizes. */
+#define TOL 1e-4f
+
+static char *golden(const char *gdir, const char *name) {
+    static char path[1024];
+    snprintf(path, sizeof path, "%s/%s", gdir, name);
+    return path;
+}
+
+static void check_image(const xcap_model *m, const char *model_name, const char *gdir, const char *image_path) {
+    const xcap_config *c = &m->cfg;
+    char err[512], what[256];
+    uint8_t *rgb;
+    int w, h;
+    if (image_load_file(image_path, &rgb, &w, &h, err, sizeof err) != 0) {
+        CHECK(0, "%s: %s", image_path, err);
+        return;
+    }
+    int S = c->image_size;
+    float *pixels = malloc((size_t)3 * S * S * sizeof *pixels);
+    int rc = preprocess_image(rgb, w, h, &m->pre, pixels, err, sizeof err);
+    CHECK(rc == 0, "preprocess %s: %s", image_path, err);
+    snprintf(what, sizeof what, "%s %s pixel_values", model_name, image_path);
+    check_close_npy(what, pixels, (size_t)3 * S * S, golden(gdir, "pixel_values.npy"), 1e-6f);
+
+    vit_run vr;
+    vit_run_init(&vr, c, err, sizeof err);
+    int M = vr.n_tokens, D = c->enc_hidden, E = c->dec_hidden, L = c->enc_layers;
+    float **layers = calloc(L ? L : 1, sizeof *layers);
+    for (int i = 0; i < L; i++) layers[i] = malloc((size_t)M * D * sizeof(float));
+    float *enc = malloc((size_t)M * D * sizeof *enc), *memory = malloc((size_t)M * E * sizeof *memory);
+    vit_forward(m, &vr, pixels, enc, layers);
+    snprintf(what, sizeof what, "%s %s patch_embeddings", model_name, image_path);
+    check_close_npy(what, vr.patch_embed, (size_t)vr.n_patches * D, golden(gdir, "patch_embeddings.npy"), TOL);
+    for (int i = 0; i < L; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "enc_layer_%d.npy", i);
+        snprintf(what, sizeof what, "%s %s encoder layer %d", model_name, image_path, i);
+        check_close_npy(what, layers[i], (size_t)M * D, golden(gdir, name), TOL);
+    }
+    if (m->dec.enc_to_dec_w) matmul_nk(memory, enc, m->dec.enc_to_dec_w, m->dec.enc_to_dec_b, M, D, E);
+    else memcpy(memory, enc, (size_t)M * D * sizeof *memory);
+    snprintf(what, sizeof what, "%s %s memory", model_name, image_path);
+    check_close_npy(what, memory, (size_t)M * E, golden(gdir, "memory.npy"), TOL);
+
+    /* Decoder: cross K/V once, then feed the reference's own greedy choices step by step. */
+    npy_array gl, ga;
+    if (npy_load(golden(gdir, "greedy_logits.npy"), &gl) != 0 || npy_load(golden(gdir, "greedy_cross_attn.npy"), &ga) != 0) {
+        CHECK(0, "%s: greedy goldens missing", gdir);
+        goto done;
+    }
+    int steps = (int)gl.shape[0], V = c->vocab_size, H = c->dec_heads, DL = c->dec_layers;
+    CHECK(gl.shape[1] == V && ga.shape[0] == steps && ga.shape[1] == DL && ga.shape[2] == H && ga.shape[3] == M,
+          "%s: golden shapes", gdir);
+    decoder_run dr;
+    rc = decoder_run_init(&dr, c, 1, steps + 1, err, sizeof err);
+    CHECK(rc == 0, "decoder_run_init: %s", err);
+    decoder_cross_kv(m, &dr, memory);
+    for (int l = 0; l < DL; l++) {
+        char name[64];
+        snprintf(name, sizeof name, "cross_k_%d.npy", l);
+        snprintf(what, sizeof what, "%s %s cross K layer %d", model_name, image_path, l);
+        check_close_npy(what, dr.cross_k + (size_t)l * M * E, (size_t)M * E, golden(gdir, name), TOL);
+        snprintf(name, sizeof name, "cross_v_%d.npy", l);
+        snprintf(what, sizeof what, "%s %s cross V layer %d", model_name, image_path, l);
+        check_close_npy(what, dr.cross_v + (size_t)l * M * E, (size_t)M * E, golden(gdir, name), TOL);
+    }
+    float *logits = malloc((size_t)V * sizeof *logits), *maps = malloc((size_t)DL * H * M * sizeof *maps);
+    int32_t token = c->decoder_start_token_id;
+    float worst_logit = 0, worst_attn = 0, worst_row = 0;
+    for (int t = 0; t < steps; t++) {
+        rc = decoder_step(m, &dr, &token, 1, t, logits, err, sizeof err);
+        CHECK(rc == 0, "decoder_step %d: %s", t, err);
+        const float *ref = (const float *)gl.data + (size_t)t * V;
+        worst_logit = fmaxf(worst_logit, max_abs_diff(logits, ref, V));
+        for (int l = 0; l < DL; l++) memcpy(maps + (size_t)l * H * M, dr.cross_probs + (size_t)l * dr.max_slots * H * M,
+                                            (size_t)H * M * sizeof *maps);
+        worst_attn = fmaxf(worst_attn, max_abs_diff(maps, (const float *)ga.data + (size_t)t * DL * H * M, (size_t)DL * H * M));
+        for (int r = 0; r < DL * H; r++) {
+            double s = 0;
+            for (int j = 0; j < M; j++) s += maps[(size_t)r * M + j];
+            worst_row = fmaxf(worst_row, (float)fabs(s - 1.0));
+        }
+        int best = 0; /* the reference's greedy choice feeds the next step */
+        for (int v = 1; v < V; v++)
+            if (ref[v] > ref[best]) best = v;
+        token = best;
+    }
+    CHECK(worst_logit <= TOL, "%s %s: logits differ by %g over %d steps", model_name, image_path, worst_logit, steps);
+    CHECK(worst_attn <= 1e-5f, "%s %s: cross-attention maps differ by %g", model_name, image_path, worst_attn);
+    CHECK(worst_row <= 1e-5f, "%s %s: a cross-attention row sums to 1 +- %g", model_name, image_path, worst_row);
+    free(logits);
+    free(maps);
+    decoder_run_free(&dr);
+    npy_free(&gl);
+    npy_free(&ga);
+done:
+    for (int i = 0; i < L; i++) free(layers[i]);
+    free(layers);
+    free(enc);
+    free(memory);
+    vit_run_free(&vr);
+    free(pixels);
+    free(rgb);
+}
+
+/* Goldens of `golden_model` checked on the checkpoint `model_name` (variants that store the
+ * same weights differently share them). */
+static void check_model(const char *model_name, const char *golden_model) {
+    char dir[512], groot[512], err[512];
+    snprintf(dir, sizeof dir, "tests/fixtures/models/%s", model_name);
+    snprintf(groot, sizeof groot, "tests/fixtures/goldens/%s", golden_model);
+    xcap_model *m;
+    int rc = xcap_model_load(dir, &m, err, sizeof err);
+    CHECK(rc == XCAP_OK, "load %s: %s", dir, err);
+    if (rc) return;
+    DIR *d = opendir(groot);
+    CHECK(d != NULL, "no goldens in %s", groot);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char gdir[1024], image[1024];
+        struct stat sb;
+        snprintf(gdir, sizeof gdir, "%s/%s", groot, e->d_name);
+        if (stat(gdir, &sb) != 0 || !S_ISDIR(sb.st_mode)) continue;
+        snprintf(image, sizeof image, "tests/fixtures/images/%s.png", e->d_name);
+        check_image(m, model_name, gdir, image);
+        n++;
+    }
+    if (d) closedir(d);
+    CHECK(n > 0, "%s: no golden images", groot);
+    xcap_model_free(m);
+}
+
+int main(void) {
+    nn_set_threads(2);
+    check_model("tiny", "tiny");
+    check_model("tiny-f16", "tiny-f16");
+    check_model("tiny-bf16", "tiny-bf16");
+    check_model("tiny-lmhead", "tiny");
+    check_model("tiny-nowte", "tiny");
+    check_model("tiny-tokjson", "tiny");
+    check_model("wide", "wide");
+    check_model("gpt2vocab", "gpt2vocab");
+    return harness_finish("test_forward");
+}
