@@ -1,0 +1,725 @@
+/* Decoding strategies (spec §6). Which transformers sources and commits this follows: see
+ * generate.h. Everything a run needs is carved out of one allocation made before the first
+ * decoder step; the token loops allocate nothing. */
+#include "text/generate.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nn/common.h"
+#include "text/rng.h"
+
+/* transformers masks beams with -1e9 in float32, not -inf (spec §6 beam search, step 1), and
+ * the arithmetic below adds it exactly where transformers does, so that masked scores round the
+ * same way. */
+#define BEAM_MASK (-1.0e9f)
+
+void xcap_gen_trace_free(xcap_gen_trace *trace) {
+    if (!trace) return;
+    free(trace->slots);
+    trace->slots = NULL;
+    trace->stride = 0;
+    trace->n_hyps = 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Logits processors (transformers' RepetitionPenalty, NoRepeatNGram, MinLength processors)
+ * ------------------------------------------------------------------------------------------- */
+
+void xcap_gen_repetition_penalty(float *scores, int V, const int32_t *seq, int seq_len,
+                                 float penalty, uint8_t *mark) {
+    /* transformers gathers every position's score and scatters the penalized value back, so a
+     * token that occurs several times is penalized once: mark it on first sight. */
+    for (int i = 0; i < seq_len; i++) {
+        int32_t t = seq[i];
+        if (t < 0 || t >= V || mark[t]) continue;
+        mark[t] = 1;
+        float s = scores[t];
+        scores[t] = s < 0 ? s * penalty : s / penalty;
+    }
+    for (int i = 0; i < seq_len; i++)
+        if (seq[i] >= 0 && seq[i] < V) mark[seq[i]] = 0;
+}
+
+void xcap_gen_no_repeat_ngram(float *scores, int V, const int32_t *seq, int seq_len, int n) {
+    /* The last n-1 tokens are the prefix of the n-gram about to be completed; every earlier
+     * occurrence of that prefix bans the token that followed it. The start token takes part. */
+    if (n <= 0 || seq_len + 1 < n) return;
+    const int32_t *prefix = seq + seq_len - (n - 1);
+    for (int i = 0; i + n <= seq_len; i++) {
+        if (memcmp(seq + i, prefix, (size_t)(n - 1) * sizeof *seq) != 0) continue;
+        int32_t banned = seq[i + n - 1];
+        if (banned >= 0 && banned < V) scores[banned] = -INFINITY;
+    }
+}
+
+void xcap_gen_process(const xcap_gen_processors *pp, const int32_t *seq, int seq_len, float *scores,
+                      int V, uint8_t *mark) {
+    if (pp->repetition_penalty != 1.0f)
+        xcap_gen_repetition_penalty(scores, V, seq, seq_len, pp->repetition_penalty, mark);
+    if (pp->no_repeat_ngram_size > 0)
+        xcap_gen_no_repeat_ngram(scores, V, seq, seq_len, pp->no_repeat_ngram_size);
+    if (seq_len < pp->min_length)
+        for (int e = 0; e < pp->n_eos; e++) scores[pp->eos_ids[e]] = -INFINITY;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Normalisation and sampling warpers
+ * ------------------------------------------------------------------------------------------- */
+
+/* max and log(sum(exp(x - max))) of a row: log_softmax(x)[v] = (x[v] - max) - log_sum, the
+ * order in which torch's CPU kernel forms it. The sum is kept in double. */
+static void log_normalizer(const float *x, int V, float *max_out, float *log_sum_out) {
+    float m = -INFINITY;
+    for (int v = 0; v < V; v++)
+        if (x[v] > m) m = x[v];
+    double sum = 0;
+    if (m != -INFINITY)
+        for (int v = 0; v < V; v++) sum += exp((double)(x[v] - m));
+    *max_out = m;
+    *log_sum_out = (float)log(sum);
+}
+
+void xcap_gen_log_softmax(float *scores, int V) {
+    float m, log_sum;
+    log_normalizer(scores, V, &m, &log_sum);
+    if (m == -INFINITY) return;
+    for (int v = 0; v < V; v++) scores[v] = (scores[v] - m) - log_sum;
+}
+
+static void swap_floats(float *a, float *b) {
+    float t = *a;
+    *a = *b;
+    *b = t;
+}
+
+static float median_of_three(float a, float b, float c) {
+    if (a > b) swap_floats(&a, &b);
+    if (b > c) swap_floats(&b, &c);
+    if (a > b) swap_floats(&a, &b);
+    return b;
+}
+
+/* The k-th largest value (k = 1 is the maximum) by quickselect with a three-way partition, so
+ * that long runs of equal values (-inf after the processors) cost one pass. Reorders a. */
+static float kth_largest(float *a, int n, int k) {
+    int lo = 0, hi = n, want = k - 1;
+    while (hi - lo > 1) {
+        float pivot = median_of_three(a[lo], a[lo + (hi - lo) / 2], a[hi - 1]);
+        int above = lo, i = lo, below = hi; /* [lo,above) > pivot, [above,below) == pivot */
+        while (i < below) {
+            if (a[i] > pivot)
+                swap_floats(&a[above++], &a[i++]);
+            else if (a[i] < pivot)
+                swap_floats(&a[i], &a[--below]);
+            else
+                i++;
+        }
+        if (want < above)
+            hi = above;
+        else if (want >= below)
+            lo = below;
+        else
+            return pivot;
+    }
+    return a[lo];
+}
+
+void xcap_gen_top_k(float *scores, int V, int k, float *scratch) {
+    /* TopKLogitsWarper: remove scores < the k-th largest, so ties with it survive. */
+    if (k <= 0 || k >= V) return;
+    memcpy(scratch, scores, (size_t)V * sizeof *scores);
+    float kth = kth_largest(scratch, V, k);
+    for (int v = 0; v < V; v++)
+        if (scores[v] < kth) scores[v] = -INFINITY;
+}
+
+static int ranked_descending(const void *pa, const void *pb) {
+    const xcap_gen_ranked *a = pa, *b = pb;
+    if (a->score != b->score) return a->score > b->score ? -1 : 1;
+    return (a->index > b->index) - (a->index < b->index);
+}
+
+void xcap_gen_top_p(float *scores, int V, float top_p, xcap_gen_ranked *scratch) {
+    /* TopPLogitsWarper sorts ascending and removes a token when the cumulative probability up
+     * to and including it is <= 1 - top_p, i.e. when the tokens above it already hold >= top_p;
+     * the most probable token always stays. Same rule, walked from the top, sums in double. */
+    if (!(top_p < 1.0f)) return;
+    int n = 0;
+    for (int v = 0; v < V; v++)
+        if (scores[v] != -INFINITY) scratch[n++] = (xcap_gen_ranked){scores[v], v};
+    if (n == 0) return;
+    qsort(scratch, (size_t)n, sizeof *scratch, ranked_descending);
+    float m = scratch[0].score;
+    double z = 0;
+    for (int i = 0; i < n; i++) z += exp((double)(scratch[i].score - m));
+    double above = 0;
+    for (int i = 0; i < n; i++) {
+        if (i > 0 && above >= (double)top_p) scores[scratch[i].index] = -INFINITY;
+        above += exp((double)(scratch[i].score - m)) / z;
+    }
+}
+
+/* Draws v with probability softmax(x)[v]: one uniform number against the running sum, in
+ * token order. Needs one finite score. */
+static int draw_token(const float *x, int V, xcap_rng *rng) {
+    float m = -INFINITY;
+    for (int v = 0; v < V; v++)
+        if (x[v] > m) m = x[v];
+    double z = 0;
+    for (int v = 0; v < V; v++) z += exp((double)(x[v] - m));
+    double target = xcap_rng_uniform(rng) * z, acc = 0;
+    int last = -1;
+    for (int v = 0; v < V; v++) {
+        if (x[v] == -INFINITY) continue;
+        acc += exp((double)(x[v] - m));
+        last = v;
+        if (target < acc) return v;
+    }
+    return last; /* rounding left target at the very top of the sum */
+}
+
+int xcap_gen_select_top(const float *values, int n, int k, xcap_gen_ranked *out) {
+    if (k <= 0) return 0;
+    int count = 0;
+    for (int i = 0; i < n; i++) {
+        float x = values[i];
+        if (count == k) {
+            /* Equal to the last kept: the kept one has the lower index and stays. */
+            if (!(x > out[k - 1].score)) continue;
+            count--;
+        } else if (x != x) {
+            continue;
+        }
+        int j = count;
+        while (j > 0 && out[j - 1].score < x) {
+            out[j] = out[j - 1];
+            j--;
+        }
+        out[j].score = x;
+        out[j].index = i;
+        count++;
+    }
+    return count;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Run set-up
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const xcap_decoder_ops *ops;
+    const xcap_params *p;
+    int V;
+    int max_length; /* effective, start token counted */
+    int32_t start;
+    const int32_t *eos;
+    int n_eos;
+    xcap_gen_processors proc;
+} gen_setup;
+
+static int is_eos(const gen_setup *g, int32_t token) {
+    for (int e = 0; e < g->n_eos; e++)
+        if (g->eos[e] == token) return 1;
+    return 0;
+}
+
+static int check_params(const xcap_decoder_ops *ops, const xcap_params *p, int32_t start_token,
+                        const int32_t *eos_ids, int n_eos, int max_positions, gen_setup *g,
+                        char *err, size_t errlen) {
+    if (!ops || !ops->step) return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: no decoder step callback");
+    if (!p) return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: no parameters");
+    int V = ops->vocab_size;
+    if (V < 1) return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: vocab_size %d must be at least 1", V);
+    if (start_token < 0 || start_token >= V)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: start token %d outside the vocabulary [0, %d)",
+                         (int)start_token, V);
+    if (n_eos < 0 || (n_eos > 0 && !eos_ids))
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: %d eos ids given without a list", n_eos);
+    for (int e = 0; e < n_eos; e++)
+        if (eos_ids[e] < 0 || eos_ids[e] >= V)
+            return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: eos token %d outside the vocabulary [0, %d)",
+                             (int)eos_ids[e], V);
+    if (p->max_new_tokens < 0)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "max_new_tokens %d is negative", p->max_new_tokens);
+    int max_length = p->max_new_tokens > 0 ? p->max_new_tokens + 1 : p->max_length;
+    if (p->max_new_tokens > 0 && p->max_new_tokens == INT_MAX)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "max_new_tokens %d is too large", p->max_new_tokens);
+    if (max_length < 2)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG,
+                         "max_length %d leaves no token to generate (it counts the start token: use 2 or more)",
+                         max_length);
+    if (max_positions < 1)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: decoder has %d positions", max_positions);
+    if (max_length - 1 > max_positions) {
+        if (p->max_new_tokens > 0)
+            return xcap_fail(err, errlen, XCAP_ERR_ARG,
+                             "max_new_tokens %d exceeds the decoder's %d positions (at most %d new tokens)",
+                             p->max_new_tokens, max_positions, max_positions);
+        return xcap_fail(err, errlen, XCAP_ERR_ARG,
+                         "max_length %d exceeds the decoder's %d positions (at most %d, start token counted)",
+                         max_length, max_positions, max_positions + 1);
+    }
+    if (p->min_length < 0) return xcap_fail(err, errlen, XCAP_ERR_ARG, "min_length %d is negative", p->min_length);
+    if (p->min_new_tokens < 0)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "min_new_tokens %d is negative", p->min_new_tokens);
+    if (p->min_new_tokens == INT_MAX)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "min_new_tokens %d is too large", p->min_new_tokens);
+    if (p->num_beams < 1) return xcap_fail(err, errlen, XCAP_ERR_ARG, "num_beams %d must be at least 1", p->num_beams);
+    if (p->num_return_sequences < 1)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "num_return_sequences %d must be at least 1",
+                         p->num_return_sequences);
+    if (p->num_return_sequences > p->num_beams)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG,
+                         "num_return_sequences %d exceeds num_beams %d (n-best comes from the beams)",
+                         p->num_return_sequences, p->num_beams);
+    if (!(p->repetition_penalty > 0) || !isfinite(p->repetition_penalty))
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "repetition_penalty %g must be a positive number",
+                         (double)p->repetition_penalty);
+    if (p->no_repeat_ngram_size < 0)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "no_repeat_ngram_size %d is negative", p->no_repeat_ngram_size);
+    if (p->do_sample) {
+        if (p->num_beams > 1)
+            return xcap_fail(err, errlen, XCAP_ERR_UNSUPPORTED,
+                             "sampling with num_beams %d (beam sampling) is not implemented: use num_beams 1",
+                             p->num_beams);
+        if (!(p->temperature > 0) || !isfinite(p->temperature))
+            return xcap_fail(err, errlen, XCAP_ERR_ARG,
+                             "temperature %g must be positive when sampling (for greedy, turn sampling off)",
+                             (double)p->temperature);
+        if (p->top_k < 0) return xcap_fail(err, errlen, XCAP_ERR_ARG, "top_k %d is negative (0 = off)", p->top_k);
+        if (!(p->top_p > 0 && p->top_p <= 1))
+            return xcap_fail(err, errlen, XCAP_ERR_ARG, "top_p %g must be in (0, 1] (1 = off)", (double)p->top_p);
+    }
+    if (p->num_beams > 1) {
+        if (!ops->reorder)
+            return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: beam search needs a reorder callback");
+        if (!isfinite(p->length_penalty))
+            return xcap_fail(err, errlen, XCAP_ERR_ARG, "length_penalty %g is not a finite number",
+                             (double)p->length_penalty);
+        if (p->early_stopping != XCAP_EARLY_STOP_HEURISTIC && p->early_stopping != XCAP_EARLY_STOP_TRUE &&
+            p->early_stopping != XCAP_EARLY_STOP_NEVER)
+            return xcap_fail(err, errlen, XCAP_ERR_ARG, "early_stopping %d is not one of 0 (false), 1 (true), 2 (never)",
+                             (int)p->early_stopping);
+        int per_beam = n_eos + 1 > 2 ? n_eos + 1 : 2;
+        if ((long long)p->num_beams * V > INT_MAX || (long long)per_beam * p->num_beams > INT_MAX / 2)
+            return xcap_fail(err, errlen, XCAP_ERR_ARG, "num_beams %d is too large for a vocabulary of %d",
+                             p->num_beams, V);
+        /* transformers' torch.topk would fail the same way: it needs K candidates out of B x V. */
+        if (per_beam * p->num_beams > p->num_beams * V)
+            return xcap_fail(err, errlen, XCAP_ERR_ARG,
+                             "beam search keeps %d candidates per step but %d beams x %d tokens offer fewer",
+                             per_beam * p->num_beams, p->num_beams, V);
+    }
+
+    g->ops = ops;
+    g->p = p;
+    g->V = V;
+    g->max_length = max_length;
+    g->start = start_token;
+    g->eos = eos_ids;
+    g->n_eos = n_eos;
+    g->proc.repetition_penalty = p->repetition_penalty;
+    g->proc.no_repeat_ngram_size = p->no_repeat_ngram_size;
+    /* _prepare_generated_length: min_new_tokens, when set, replaces min_length by
+     * min_new_tokens + prompt length (the MinNewTokens processor then bans the same steps). */
+    g->proc.min_length = p->min_new_tokens > 0 ? p->min_new_tokens + 1 : p->min_length;
+    g->proc.eos_ids = eos_ids;
+    g->proc.n_eos = n_eos;
+    return XCAP_OK;
+}
+
+/* The decoder's logits must be finite: a NaN would rank arbitrarily and an inf would turn
+ * log_softmax into NaN. Naming the slot and position helps whoever debugs the decoder. */
+static int check_logits(const float *row, int V, int pos, int slot, char *err, size_t errlen) {
+    for (int v = 0; v < V; v++)
+        if (!isfinite(row[v]))
+            return xcap_fail(err, errlen, XCAP_ERR_MODEL,
+                             "decoder step at position %d gave a non-finite logit (%g) for token %d in slot %d",
+                             pos, (double)row[v], v, slot);
+    return XCAP_OK;
+}
+
+/* One allocation carved into aligned pieces: the first pass (base NULL) measures. */
+typedef struct {
+    char *base;
+    size_t used;
+} arena;
+
+static void *arena_take(arena *a, size_t count, size_t elem) {
+    size_t at = (a->used + 63) & ~(size_t)63;
+    a->used = at + count * elem;
+    return a->base ? a->base + at : NULL;
+}
+
+static int arena_alloc(arena *a, char *err, size_t errlen, const char *what) {
+    size_t size = a->used;
+    a->base = malloc(size ? size : 1);
+    a->used = 0;
+    if (!a->base)
+        return xcap_fail(err, errlen, XCAP_ERR_NOMEM, "out of memory for %s (%zu bytes)", what, size);
+    return XCAP_OK;
+}
+
+/* Result and trace are filled only once the loop is over. Hypothesis h takes n_tokens[h]
+ * tokens from tokens + h * row_stride, and its slots from slots + h * row_stride. */
+static int fill_result(int n_hyps, const int32_t *tokens, const int *slots, size_t row_stride,
+                       const int *n_tokens, const float *sum_logprob, const float *score, int trace_stride,
+                       xcap_result *result, xcap_gen_trace *trace, char *err, size_t errlen) {
+    xcap_hypothesis *hyps = calloc((size_t)n_hyps, sizeof *hyps);
+    int *trace_slots = trace ? malloc((size_t)n_hyps * trace_stride * sizeof *trace_slots) : NULL;
+    int ok = hyps && (!trace || trace_slots);
+    for (int h = 0; ok && h < n_hyps; h++) {
+        hyps[h].tokens = malloc((size_t)(n_tokens[h] ? n_tokens[h] : 1) * sizeof *hyps[h].tokens);
+        if (!hyps[h].tokens) {
+            ok = 0;
+            break;
+        }
+        memcpy(hyps[h].tokens, tokens + h * row_stride, (size_t)n_tokens[h] * sizeof *tokens);
+        hyps[h].n_tokens = n_tokens[h];
+        hyps[h].sum_logprob = sum_logprob[h];
+        hyps[h].score = score[h];
+        for (int t = 0; trace && t < trace_stride; t++)
+            trace_slots[(size_t)h * trace_stride + t] = t < n_tokens[h] ? slots[h * row_stride + t] : -1;
+    }
+    if (!ok) {
+        for (int h = 0; hyps && h < n_hyps; h++) free(hyps[h].tokens);
+        free(hyps);
+        free(trace_slots);
+        return xcap_fail(err, errlen, XCAP_ERR_NOMEM, "out of memory for %d hypotheses", n_hyps);
+    }
+    result->hyps = hyps;
+    result->n_hyps = n_hyps;
+    if (trace) {
+        trace->slots = trace_slots;
+        trace->stride = trace_stride;
+        trace->n_hyps = n_hyps;
+    }
+    return XCAP_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Greedy and sampling (transformers' _sample), one sequence in slot 0
+ * ------------------------------------------------------------------------------------------- */
+
+static int greedy_or_sample(const gen_setup *g, xcap_result *result, xcap_gen_trace *trace, char *err,
+                            size_t errlen) {
+    const xcap_params *p = g->p;
+    const int V = g->V, L = g->max_length, T = L - 1;
+    const int sample = p->do_sample;
+
+    arena a = {0};
+    int32_t *seq = NULL;
+    float *logits = NULL, *warped = NULL, *kth_scratch = NULL;
+    uint8_t *mark = NULL;
+    xcap_gen_ranked *ranked = NULL;
+    int *slots = NULL;
+    for (int pass = 0; pass < 2; pass++) {
+        seq = arena_take(&a, (size_t)L, sizeof *seq);
+        slots = arena_take(&a, (size_t)T, sizeof *slots);
+        logits = arena_take(&a, (size_t)V, sizeof *logits);
+        mark = arena_take(&a, (size_t)V, sizeof *mark);
+        if (sample) {
+            warped = arena_take(&a, (size_t)V, sizeof *warped);
+            kth_scratch = arena_take(&a, (size_t)V, sizeof *kth_scratch);
+            ranked = arena_take(&a, (size_t)V, sizeof *ranked);
+        }
+        if (pass == 0) {
+            int rc = arena_alloc(&a, err, errlen, "greedy/sampling buffers");
+            if (rc) return rc;
+        }
+    }
+    memset(mark, 0, (size_t)V);
+    memset(slots, 0, (size_t)T * sizeof *slots);
+
+    xcap_rng rng;
+    xcap_rng_seed(&rng, p->seed);
+    int rc = XCAP_OK, n = 0;
+    float sum_logprob = 0;
+    seq[0] = g->start;
+    for (int pos = 0; pos < T; pos++) {
+        rc = g->ops->step(g->ops->ctx, &seq[pos], 1, pos, logits, err, errlen);
+        if (rc) goto done;
+        rc = check_logits(logits, V, pos, 0, err, errlen);
+        if (rc) goto done;
+        xcap_gen_process(&g->proc, seq, pos + 1, logits, V, mark);
+        float m, log_sum;
+        log_normalizer(logits, V, &m, &log_sum);
+        if (m == -INFINITY) {
+            /* torch would take token 0 (argmax of all -inf) or fail to sample; neither is a caption. */
+            rc = xcap_fail(err, errlen, XCAP_ERR_ARG,
+                           "every token is banned at position %d (no_repeat_ngram_size %d, min_length %d)", pos,
+                           p->no_repeat_ngram_size, g->proc.min_length);
+            goto done;
+        }
+        int token = 0;
+        if (!sample) {
+            for (int v = 1; v < V; v++)
+                if (logits[v] > logits[token]) token = v; /* first index among equal maxima */
+        } else {
+            memcpy(warped, logits, (size_t)V * sizeof *warped);
+            /* Warpers in _get_logits_processor's order: temperature, top-k, top-p. */
+            if (p->temperature != 1.0f) {
+                float top = -INFINITY;
+                for (int v = 0; v < V; v++) {
+                    warped[v] = warped[v] / p->temperature;
+                    if (warped[v] > top) top = warped[v];
+                }
+                if (isinf(top)) {
+                    rc = xcap_fail(err, errlen, XCAP_ERR_ARG,
+                                   "temperature %g is too small: the scaled logits overflow at position %d",
+                                   (double)p->temperature, pos);
+                    goto done;
+                }
+            }
+            if (p->top_k > 0) xcap_gen_top_k(warped, V, p->top_k, kth_scratch);
+            if (p->top_p < 1.0f) xcap_gen_top_p(warped, V, p->top_p, ranked);
+            token = draw_token(warped, V, &rng);
+        }
+        sum_logprob += (logits[token] - m) - log_sum;
+        seq[pos + 1] = token;
+        n = pos + 1;
+        if (is_eos(g, token)) break;
+    }
+    {
+        float score = sum_logprob;
+        rc = fill_result(1, seq + 1, slots, (size_t)T, &n, &sum_logprob, &score, T, result, trace, err, errlen);
+    }
+done:
+    free(a.base);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Beam search (transformers' _beam_search, batch of one)
+ *
+ * Per step, with B beams in cache slots 0..B-1 and K = max(2, 1 + n_eos) * B:
+ *  b. scores = log_softmax(logits) -> processors -> + the beam's running sum (float32)
+ *  c. the K best of the B x V candidates (beam 0 alone at the first step: the others start at
+ *     -1e9)
+ *  d. a candidate finishes on an eos id or when it reaches max_length
+ *  e. the next running beams are the best B candidates after finished ones get -1e9
+ *  f. finished candidates ranked < B enter the finished set with sum / length^length_penalty;
+ *     the set keeps the best B (merged by the same masked-score top-k as transformers)
+ *  g. stop when the early-stopping heuristic says no running beam can improve the finished set,
+ *     when early_stopping is true and B hypotheses are finished, or when every candidate
+ *     finished (max_length). Otherwise reorder the cache slots and go on.
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    int32_t *seq;  /* [B][L] running: start token + generated; finished: generated only */
+    int *slots;    /* [B][L] slot that produced each generated token (rows as long as seq's) */
+    float *score;  /* [B] running: unnormalised sum; finished: normalised score */
+    float *sum;    /* [B] finished only: unnormalised sum of log-probabilities */
+    int *len;      /* [B] finished only: generated tokens, eos included */
+    uint8_t *done; /* [B] finished only: slot holds a finished hypothesis */
+} beam_set;
+
+static void beam_set_take(arena *a, beam_set *s, int B, int L) {
+    s->seq = arena_take(a, (size_t)B * L, sizeof *s->seq);
+    s->slots = arena_take(a, (size_t)B * L, sizeof *s->slots);
+    s->score = arena_take(a, (size_t)B, sizeof *s->score);
+    s->sum = arena_take(a, (size_t)B, sizeof *s->sum);
+    s->len = arena_take(a, (size_t)B, sizeof *s->len);
+    s->done = arena_take(a, (size_t)B, sizeof *s->done);
+}
+
+static int beam_search(const gen_setup *g, xcap_result *result, xcap_gen_trace *trace, char *err, size_t errlen) {
+    const xcap_params *p = g->p;
+    const int B = p->num_beams, V = g->V, L = g->max_length, T = L - 1;
+    const int K = (g->n_eos + 1 > 2 ? g->n_eos + 1 : 2) * B;
+    const float lp = p->length_penalty;
+    const xcap_early_stopping early = p->early_stopping;
+
+    arena a = {0};
+    float *scores = NULL, *masked = NULL, *merged = NULL;
+    uint8_t *mark = NULL, *cand_hit = NULL;
+    int32_t *tokens = NULL;
+    int *src = NULL, *n_out = NULL;
+    xcap_gen_ranked *cand = NULL, *pick = NULL;
+    beam_set run[2], fin[2];
+    for (int pass = 0; pass < 2; pass++) {
+        scores = arena_take(&a, (size_t)B * V, sizeof *scores);
+        mark = arena_take(&a, (size_t)V, sizeof *mark);
+        tokens = arena_take(&a, (size_t)B, sizeof *tokens);
+        src = arena_take(&a, (size_t)B, sizeof *src);
+        cand = arena_take(&a, (size_t)K, sizeof *cand);
+        cand_hit = arena_take(&a, (size_t)K, sizeof *cand_hit);
+        masked = arena_take(&a, (size_t)K, sizeof *masked);
+        merged = arena_take(&a, (size_t)(B + K), sizeof *merged);
+        pick = arena_take(&a, (size_t)B, sizeof *pick);
+        n_out = arena_take(&a, (size_t)B, sizeof *n_out);
+        for (int i = 0; i < 2; i++) {
+            beam_set_take(&a, &run[i], B, L);
+            beam_set_take(&a, &fin[i], B, L);
+        }
+        if (pass == 0) {
+            int rc = arena_alloc(&a, err, errlen, "beam search buffers");
+            if (rc) return rc;
+        }
+    }
+    memset(mark, 0, (size_t)V);
+
+    int cur = 0;
+    for (int b = 0; b < B; b++) {
+        run[cur].seq[(size_t)b * L] = g->start;
+        run[cur].score[b] = b == 0 ? 0.0f : BEAM_MASK;
+        fin[cur].score[b] = BEAM_MASK;
+        fin[cur].sum[b] = BEAM_MASK;
+        fin[cur].len[b] = 0;
+        fin[cur].done[b] = 0;
+    }
+    int heuristic_open = 1; /* transformers' is_early_stop_heuristic_unsatisfied */
+    int rc = XCAP_OK;
+
+    for (int pos = 0;; pos++) {
+        const int cur_len = pos + 1; /* tokens in each running beam, start token included */
+        const beam_set *r = &run[cur], *f = &fin[cur];
+        beam_set *rn = &run[1 - cur], *fn = &fin[1 - cur];
+
+        /* a, b. Decoder step for every beam, then log-probabilities plus running sums. */
+        for (int b = 0; b < B; b++) tokens[b] = r->seq[(size_t)b * L + pos];
+        rc = g->ops->step(g->ops->ctx, tokens, B, pos, scores, err, errlen);
+        if (rc) goto done;
+        for (int b = 0; b < B; b++) {
+            float *row = scores + (size_t)b * V;
+            rc = check_logits(row, V, pos, b, err, errlen);
+            if (rc) goto done;
+            xcap_gen_log_softmax(row, V);
+            xcap_gen_process(&g->proc, r->seq + (size_t)b * L, cur_len, row, V, mark);
+            const float running = r->score[b];
+            for (int v = 0; v < V; v++) row[v] += running;
+        }
+
+        /* c. Top K of all B x V candidates (flat index = beam * V + token). */
+        xcap_gen_select_top(scores, B * V, K, cand);
+
+        /* d. Candidates that finish: an eos id, or the sequence reaches max_length. */
+        int all_hit = 1;
+        for (int k = 0; k < K; k++) {
+            int token = cand[k].index % V;
+            cand_hit[k] = (uint8_t)(is_eos(g, token) || cur_len + 1 >= L);
+            all_hit &= cand_hit[k];
+        }
+
+        /* e. Next running beams: the best B once finished candidates are pushed down by -1e9. */
+        for (int k = 0; k < K; k++) masked[k] = cand[k].score + (cand_hit[k] ? BEAM_MASK : 0.0f);
+        xcap_gen_select_top(masked, K, B, pick);
+        for (int i = 0; i < B; i++) {
+            int k = pick[i].index, beam = cand[k].index / V;
+            src[i] = beam;
+            memcpy(rn->seq + (size_t)i * L, r->seq + (size_t)beam * L, (size_t)cur_len * sizeof *rn->seq);
+            rn->seq[(size_t)i * L + cur_len] = cand[k].index % V;
+            memcpy(rn->slots + (size_t)i * L, r->slots + (size_t)beam * L, (size_t)pos * sizeof *rn->slots);
+            rn->slots[(size_t)i * L + pos] = beam;
+            rn->score[i] = pick[i].score;
+        }
+
+        /* f. Finished set: merge the previous B with this step's K candidates, where only
+         * finishing candidates ranked < B carry their real (length-normalised) score. The two
+         * masks before it never fire for one image (the loop has already ended when they would)
+         * but are kept so that the arithmetic is transformers'. */
+        const float denom = (float)pow((double)cur_len, (double)lp); /* generated tokens incl. this one */
+        int all_done = 1;
+        for (int b = 0; b < B; b++) all_done &= f->done[b];
+        for (int b = 0; b < B; b++) merged[b] = f->score[b];
+        for (int k = 0; k < K; k++) {
+            float s = cand[k].score / denom;
+            s += (all_done && early == XCAP_EARLY_STOP_TRUE) ? BEAM_MASK : 0.0f;
+            s += heuristic_open ? 0.0f : BEAM_MASK;
+            s += (cand_hit[k] && k < B) ? 0.0f : BEAM_MASK;
+            merged[B + k] = s;
+        }
+        xcap_gen_select_top(merged, B + K, B, pick);
+        for (int i = 0; i < B; i++) {
+            int j = pick[i].index;
+            if (j < B) {
+                memcpy(fn->seq + (size_t)i * L, f->seq + (size_t)j * L, (size_t)f->len[j] * sizeof *fn->seq);
+                memcpy(fn->slots + (size_t)i * L, f->slots + (size_t)j * L, (size_t)f->len[j] * sizeof *fn->slots);
+                fn->score[i] = f->score[j];
+                fn->sum[i] = f->sum[j];
+                fn->len[i] = f->len[j];
+                fn->done[i] = f->done[j];
+            } else {
+                int k = j - B, beam = cand[k].index / V;
+                fn->done[i] = (uint8_t)(cand_hit[k] && k < B);
+                fn->score[i] = pick[i].score;
+                fn->sum[i] = fn->done[i] ? cand[k].score : pick[i].score;
+                fn->len[i] = fn->done[i] ? cur_len : 0;
+                if (fn->done[i]) {
+                    memcpy(fn->seq + (size_t)i * L, r->seq + (size_t)beam * L + 1, (size_t)pos * sizeof *fn->seq);
+                    fn->seq[(size_t)i * L + pos] = cand[k].index % V;
+                    memcpy(fn->slots + (size_t)i * L, r->slots + (size_t)beam * L, (size_t)pos * sizeof *fn->slots);
+                    fn->slots[(size_t)i * L + pos] = beam;
+                }
+            }
+        }
+        cur = 1 - cur;
+
+        /* g. Stopping (_check_early_stop_heuristic, _beam_search_has_unfinished_sequences). The
+         * best running beam's sum is divided by the tokens generated so far, or with "never" and
+         * a positive length_penalty by the most it could have; it is compared with the worst
+         * finished score, or with -1e9 for a slot not yet finished. */
+        {
+            const beam_set *rs = &run[cur], *fs = &fin[cur];
+            int best_len = (early == XCAP_EARLY_STOP_NEVER && lp > 0.0f) ? L - 1 : cur_len;
+            float best_possible = rs->score[0] / (float)pow((double)best_len, (double)lp);
+            float worst_finished = fs->score[0];
+            for (int b = 1; b < B; b++)
+                if (fs->score[b] < worst_finished) worst_finished = fs->score[b];
+            int improvable = 0;
+            all_done = 1;
+            for (int b = 0; b < B; b++) {
+                float worst = fs->done[b] ? worst_finished : BEAM_MASK;
+                if (best_possible > worst) improvable = 1;
+                all_done &= fs->done[b];
+            }
+            heuristic_open = heuristic_open && improvable;
+            if (!heuristic_open || (all_done && early == XCAP_EARLY_STOP_TRUE) || all_hit) break;
+        }
+
+        int identity = 1;
+        for (int i = 0; i < B; i++) identity &= src[i] == i;
+        if (!identity) {
+            rc = g->ops->reorder(g->ops->ctx, src, B, pos, err, errlen);
+            if (rc) goto done;
+        }
+    }
+
+    {
+        /* The finished set is sorted best first. A slot that never received a hypothesis (only
+         * possible when every candidate scored -1e9 or -inf) is returned empty, with the -1e9
+         * score transformers reports for it. */
+        const beam_set *fs = &fin[cur];
+        const int R = p->num_return_sequences;
+        for (int h = 0; h < R; h++) n_out[h] = fs->done[h] ? fs->len[h] : 0;
+        rc = fill_result(R, fs->seq, fs->slots, (size_t)L, n_out, fs->sum, fs->score, T, result, trace, err,
+                         errlen);
+    }
+done:
+    free(a.base);
+    return rc;
+}
+
+int xcap_generate_traced(const xcap_decoder_ops *ops, const xcap_params *p, int32_t start_token,
+                         const int32_t *eos_ids, int n_eos, int max_positions, xcap_result *result,
+                         xcap_gen_trace *trace, char *err, size_t errlen) {
+    if (!result) return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: no result to fill");
+    result->hyps = NULL;
+    result->n_hyps = 0;
+    if (trace) memset(trace, 0, sizeof *trace);
+    gen_setup g;
+    int rc = check_params(ops, p, start_token, eos_ids, n_eos, max_positions, &g, err, errlen);
+    if (rc) return rc;
+    return p->num_beams > 1 ? beam_search(&g, result, trace, err, errlen)
+                            : greedy_or_sample(&g, result, trace, err, errlen);
+}
+
+int xcap_generate(const xcap_decoder_ops *ops, const xcap_params *p, int32_t start_token,
+                  const int32_t *eos_ids, int n_eos, int max_positions, xcap_result *result,
+                  char *err, size_t errlen) {
+    return xcap_generate_traced(ops, p, start_token, eos_ids, n_eos, max_positions, result, NULL, err,
+                                errlen);
+}
