@@ -1,0 +1,632 @@
+/* Image decoding with stb_image (Debian's libstb), corrected where stb and Pillow disagree so
+ * that the result is Pillow's Image.open(f).convert("RGB") (spec §3.1):
+ *
+ * - stb does not notice truncated BMP, TGA, PSD and GIF data (it reads zeros past the end),
+ *   so the expected data size is checked from each header before decoding. PNG and JPEG
+ *   truncation stb detects itself.
+ * - PNG: Pillow stops reading once the pixel data is complete, so a file cut after that
+ *   (missing IEND, even missing the zlib checksum) still decodes; stb wants IEND. Such files
+ *   are retried with the chunk list closed. 16-bit grey is clamped to 255 as Pillow's
+ *   I -> RGB conversion does, where stb would take the high byte.
+ * - GIF: stb leaves transparent pixels black and fills the area outside the first frame with
+ *   the background colour; Pillow shows the palette colour of the transparent index (and of
+ *   the transparent index, or index 0, outside the frame).
+ * - PNM: stb 2.27 ignores maxval, byte-swaps 16-bit samples wrongly and accepts short files,
+ *   so binary P5/P6 are decoded here, with Pillow's maxval scaling.
+ *
+ * This file belongs to the command-line layer: it is linked without the xcap library, so it
+ * formats its own messages and reads its own files. */
+#include "cmd/image.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <stb/stb_image.h>
+
+#include "include/xcap.h"
+
+#define SUPPORTED_FORMATS "PNG, JPEG, GIF, BMP, TGA, PSD, PNM"
+
+/* Larger files are refused before reading: stb takes an int length, and no image xcap
+ * accepts (2^28 pixels) needs more in any supported encoding short of raw 16-bit RGBA. */
+#define IMAGE_MAX_FILE_BYTES ((size_t)INT_MAX)
+
+typedef enum { IMG_UNKNOWN, IMG_PNG, IMG_JPEG, IMG_GIF, IMG_BMP, IMG_PSD, IMG_PNM, IMG_TGA } image_format;
+
+static const char *format_name(image_format f) {
+    static const char *names[] = {"image", "PNG", "JPEG", "GIF", "BMP", "PSD", "PNM", "TGA"};
+    return names[f];
+}
+
+static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
+    if (err && errlen > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+static const char *stb_reason(void) {
+    const char *r = stbi_failure_reason();
+    return r && *r ? r : "no reason given";
+}
+
+static uint32_t be32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static uint32_t be16(const uint8_t *p) { return (uint32_t)p[0] << 8 | p[1]; }
+static uint32_t le32(const uint8_t *p) {
+    return (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | p[0];
+}
+static uint32_t le16(const uint8_t *p) { return (uint32_t)p[1] << 8 | p[0]; }
+
+/* ---- format identification ---- */
+
+static image_format sniff(const uint8_t *d, size_t n) {
+    if (n >= 8 && memcmp(d, "\x89PNG\r\n\x1a\n", 8) == 0) return IMG_PNG;
+    if (n >= 3 && d[0] == 0xFF && d[1] == 0xD8 && d[2] == 0xFF) return IMG_JPEG;
+    if (n >= 6 && (memcmp(d, "GIF87a", 6) == 0 || memcmp(d, "GIF89a", 6) == 0)) return IMG_GIF;
+    if (n >= 2 && d[0] == 'B' && d[1] == 'M') return IMG_BMP;
+    if (n >= 4 && memcmp(d, "8BPS", 4) == 0) return IMG_PSD;
+    if (n >= 2 && d[0] == 'P' && (d[1] == '5' || d[1] == '6')) return IMG_PNM;
+    return IMG_TGA; /* TGA has no signature: stb's header check decides */
+}
+
+/* Formats recognisable from their first bytes that xcap does not read (some of which stb
+ * would otherwise misread or Pillow would not read either). */
+static const char *unsupported_format(const uint8_t *d, size_t n) {
+    if (n >= 4 && (memcmp(d, "II*\0", 4) == 0 || memcmp(d, "MM\0*", 4) == 0)) return "TIFF";
+    if (n >= 12 && memcmp(d, "RIFF", 4) == 0 && memcmp(d + 8, "WEBP", 4) == 0) return "WebP";
+    if (n >= 12 && memcmp(d + 4, "ftyp", 4) == 0) return "HEIF/AVIF";
+    if (n >= 2 && d[0] == '#' && d[1] == '?') return "Radiance HDR";
+    if (n >= 4 && memcmp(d, "\x53\x80\xF6\x34", 4) == 0) return "Softimage PIC";
+    if (n >= 4 && memcmp(d, "\0\0\1\0", 4) == 0) return "ICO";
+    if (n >= 2 && d[0] == 'P' && strchr("1234", d[1]) && d[1]) return "plain-text or 1-bit PNM (P1-P4)";
+    if (n >= 2 && d[0] == 'P' && strchr("7fF", d[1]) && d[1]) return "PAM/PFM";
+    if (n >= 12 && memcmp(d, "\0\0\0\x0cjP  ", 8) == 0) return "JPEG 2000";
+    return NULL;
+}
+
+static int check_dimensions(const char *name, image_format fmt, long long w, long long h,
+                            char *err, size_t errlen) {
+    if (w < 1 || h < 1)
+        return fail(err, errlen, XCAP_ERR_FORMAT, "%s: %s header gives an empty size %lldx%lld",
+                    name, format_name(fmt), w, h);
+    if (w > IMAGE_MAX_SIDE || h > IMAGE_MAX_SIDE || w * h > (long long)IMAGE_MAX_PIXELS)
+        return fail(err, errlen, XCAP_ERR_UNSUPPORTED,
+                    "%s: %s image is %lldx%lld, larger than xcap accepts (%d pixels per side, "
+                    "%u pixels in all)",
+                    name, format_name(fmt), w, h, IMAGE_MAX_SIDE, IMAGE_MAX_PIXELS);
+    return XCAP_OK;
+}
+
+/* Width and height straight from the header, for the formats where they sit at a fixed
+ * place, so that oversized images are refused with their size even where stb's own limits
+ * would only say "unknown image type". Returns 0 where the format has no such place. */
+static int header_dimensions(image_format fmt, const uint8_t *d, size_t n, long long *w,
+                             long long *h) {
+    switch (fmt) {
+    case IMG_PNG:
+        if (n < 24 || memcmp(d + 12, "IHDR", 4) != 0) return 0;
+        *w = be32(d + 16), *h = be32(d + 20);
+        return 1;
+    case IMG_GIF:
+        if (n < 10) return 0;
+        *w = le16(d + 6), *h = le16(d + 8);
+        return 1;
+    case IMG_BMP:
+        if (n < 26) return 0;
+        if (le32(d + 14) == 12) {
+            *w = le16(d + 18), *h = le16(d + 20);
+        } else {
+            *w = (int32_t)le32(d + 18), *h = llabs((long long)(int32_t)le32(d + 22));
+        }
+        return 1;
+    case IMG_PSD:
+        if (n < 22) return 0;
+        *h = be32(d + 14), *w = be32(d + 18);
+        return 1;
+    default: return 0; /* JPEG (needs a marker walk: stbi_info), TGA (no signature) */
+    }
+}
+
+static int truncated(const char *name, image_format fmt, size_t have, unsigned long long need,
+                     char *err, size_t errlen) {
+    return fail(err, errlen, XCAP_ERR_FORMAT,
+                "%s: %s file is truncated (%zu bytes, the header needs %llu)", name,
+                format_name(fmt), have, need);
+}
+
+/* ---- completeness checks for the formats stb reads past the end of ---- */
+
+static int check_bmp(const uint8_t *d, size_t n, const char *name, char *err, size_t errlen) {
+    if (n < 30) return truncated(name, IMG_BMP, n, 30, err, errlen);
+    uint32_t offset = le32(d + 10), header = le32(d + 14);
+    long long w, h;
+    uint32_t bpp, compression = 0;
+    if (header == 12) { /* OS/2 BITMAPCOREHEADER */
+        w = le16(d + 18), h = le16(d + 20), bpp = le16(d + 24);
+    } else {
+        if (n < 34) return truncated(name, IMG_BMP, n, 34, err, errlen);
+        w = (int32_t)le32(d + 18), h = (int32_t)le32(d + 22);
+        bpp = le16(d + 28), compression = le32(d + 30);
+    }
+    if (h < 0) h = -h; /* top-down rows */
+    /* Uncompressed and bit-field layouts: rows padded to 4 bytes. (RLE is refused by stb.) */
+    if (compression == 0 || compression == 3 || compression == 6) {
+        unsigned long long stride = ((unsigned long long)w * bpp + 31) / 32 * 4;
+        unsigned long long need = offset + stride * (unsigned long long)h;
+        if (n < need) return truncated(name, IMG_BMP, n, need, err, errlen);
+    }
+    return XCAP_OK;
+}
+
+/* Bits of red and green in a 16-bit BMP that Pillow reads ("BGR;15": 5-5-5, the default,
+ * or "BGR;16": 5-6-5 given as bit fields); 0 when the file is something else. */
+static int bmp16_green_bits(const uint8_t *d, size_t n) {
+    if (n < 34 || le32(d + 14) < 40 || le16(d + 28) != 16) return 0;
+    uint32_t compression = le32(d + 30);
+    if (compression == 0) return 5;
+    if (compression != 3 || n < 66) return 0;
+    uint32_t r = le32(d + 54), g = le32(d + 58), b = le32(d + 62);
+    if (r == 0xF800 && g == 0x07E0 && b == 0x001F) return 6;
+    if (r == 0x7C00 && g == 0x03E0 && b == 0x001F) return 5;
+    return 0;
+}
+
+/* stb widens an n-bit channel by repeating its bits (so the top n bits are the value);
+ * Pillow computes value * 255 / (2^n - 1) with integer division. */
+static void bmp16_like_pillow(uint8_t *rgb, size_t count, int green_bits) {
+    for (size_t i = 0; i < 3 * count; i++) {
+        int bits = i % 3 == 1 ? green_bits : 5;
+        int v = rgb[i] >> (8 - bits);
+        rgb[i] = (uint8_t)(v * 255 / ((1 << bits) - 1));
+    }
+}
+
+static int check_tga(const uint8_t *d, size_t n, const char *name, char *err, size_t errlen) {
+    if (n < 18) return truncated(name, IMG_TGA, n, 18, err, errlen);
+    unsigned id_len = d[0], cmap_type = d[1], type = d[2];
+    unsigned cmap_len = le16(d + 5), cmap_bits = d[7];
+    unsigned long long w = le16(d + 12), h = le16(d + 14), bytes_pp = (d[16] + 7u) / 8;
+    unsigned long long pos = 18ull + id_len + (cmap_type == 1 ? cmap_len * ((cmap_bits + 7ull) / 8) : 0);
+    if (type == 1 || type == 2 || type == 3) {
+        unsigned long long need = pos + w * h * bytes_pp;
+        if (n < need) return truncated(name, IMG_TGA, n, need, err, errlen);
+    } else if (type == 9 || type == 10 || type == 11) {
+        /* Run-length packets: walk them until every pixel is accounted for. */
+        for (unsigned long long count = 0; count < w * h;) {
+            if (pos >= n) return truncated(name, IMG_TGA, n, pos + 1, err, errlen);
+            unsigned packet = d[pos++];
+            unsigned long long run = (packet & 0x7F) + 1ull;
+            pos += packet & 0x80 ? bytes_pp : run * bytes_pp;
+            if (pos > n) return truncated(name, IMG_TGA, n, pos, err, errlen);
+            count += run;
+        }
+    }
+    return XCAP_OK;
+}
+
+static int check_psd(const uint8_t *d, size_t n, const char *name, char *err, size_t errlen) {
+    unsigned long long pos = 26;
+    if (n < pos) return truncated(name, IMG_PSD, n, pos, err, errlen);
+    unsigned long long channels = be16(d + 12), h = be32(d + 14), w = be32(d + 18);
+    unsigned long long bytes = be16(d + 22) / 8;
+    for (int section = 0; section < 3; section++) { /* mode data, resources, layers */
+        if (n < pos + 4) return truncated(name, IMG_PSD, n, pos + 4, err, errlen);
+        pos += 4 + (unsigned long long)be32(d + pos);
+    }
+    if (n < pos + 2) return truncated(name, IMG_PSD, n, pos + 2, err, errlen);
+    unsigned compression = be16(d + pos);
+    pos += 2;
+    /* The flattened image has every channel's plane; stb and Pillow read up to four. */
+    unsigned long long used = channels < 4 ? channels : 4;
+    if (compression == 0) {
+        unsigned long long need = pos + used * h * w * bytes;
+        if (n < need) return truncated(name, IMG_PSD, n, need, err, errlen);
+    } else if (compression == 1) {
+        unsigned long long table = pos, need = pos + channels * h * 2;
+        if (n < need) return truncated(name, IMG_PSD, n, need, err, errlen);
+        for (unsigned long long row = 0; row < used * h; row++) need += be16(d + table + 2 * row);
+        if (n < need) return truncated(name, IMG_PSD, n, need, err, errlen);
+    }
+    return XCAP_OK;
+}
+
+/* What the GIF's first frame needs besides stb's pixels. */
+typedef struct {
+    const uint8_t *palette; /* the frame's colours: local table, else global; may be NULL */
+    int palette_size;
+    int transparent; /* transparent index of the first frame, or -1 */
+    int x, y, w, h;  /* the frame's rectangle on the logical screen */
+} gif_first_frame;
+
+/* Walks the GIF blocks up to the end of the first frame's data. A sub-block cut short is
+ * truncation; data that stops at a sub-block boundary is left to the pixel-coverage check in
+ * load_gif. When `patch` (a copy of d) is given, transparency is switched off there in every
+ * graphic control block and the background index set to 0, so that stb draws transparent
+ * pixels in their palette colour (as Pillow's P -> RGB does) and leaves pixels the data never
+ * reached with alpha 0. */
+static int parse_gif(const uint8_t *d, size_t n, uint8_t *patch, const char *name,
+                     gif_first_frame *f, char *err, size_t errlen) {
+    memset(f, 0, sizeof *f);
+    f->transparent = -1;
+    if (n < 13) return truncated(name, IMG_GIF, n, 13, err, errlen);
+    if (patch) patch[11] = 0;
+    size_t pos = 13;
+    if (d[10] & 0x80) {
+        f->palette = d + pos;
+        f->palette_size = 2 << (d[10] & 7);
+        pos += 3 * (size_t)f->palette_size;
+        if (pos > n) return truncated(name, IMG_GIF, n, pos, err, errlen);
+    }
+    for (;;) {
+        if (pos >= n) return truncated(name, IMG_GIF, n, pos + 1, err, errlen);
+        uint8_t block = d[pos++];
+        if (block == 0x21) { /* extension: label, then sub-blocks */
+            if (pos >= n) return truncated(name, IMG_GIF, n, pos + 1, err, errlen);
+            uint8_t label = d[pos++];
+            if (label == 0xF9 && pos + 5 <= n && d[pos] >= 4) { /* graphic control */
+                f->transparent = d[pos + 1] & 1 ? d[pos + 4] : -1;
+                if (patch) patch[pos + 1] &= (uint8_t)~1u;
+            }
+            for (;;) {
+                if (pos >= n) return truncated(name, IMG_GIF, n, pos + 1, err, errlen);
+                size_t len = d[pos++];
+                if (len == 0) break;
+                pos += len;
+            }
+        } else if (block == 0x2C) { /* the first image */
+            if (pos + 9 > n) return truncated(name, IMG_GIF, n, pos + 9, err, errlen);
+            f->x = (int)le16(d + pos), f->y = (int)le16(d + pos + 2);
+            f->w = (int)le16(d + pos + 4), f->h = (int)le16(d + pos + 6);
+            uint8_t flags = d[pos + 8];
+            pos += 9;
+            if (flags & 0x80) {
+                f->palette = d + pos;
+                f->palette_size = 2 << (flags & 7);
+                pos += 3 * (size_t)f->palette_size;
+                if (pos > n) return truncated(name, IMG_GIF, n, pos, err, errlen);
+            }
+            pos += 1; /* LZW minimum code size */
+            if (pos >= n) return truncated(name, IMG_GIF, n, pos + 1, err, errlen);
+            while (pos < n) {
+                size_t len = d[pos++];
+                if (len == 0) return XCAP_OK;
+                if (pos + len > n) return truncated(name, IMG_GIF, n, pos + len, err, errlen);
+                pos += len;
+            }
+            return XCAP_OK;
+        } else {
+            /* Trailer before any image, or garbage: stb reports it. */
+            return XCAP_OK;
+        }
+    }
+}
+
+/* ---- decoders ---- */
+
+/* Copies stb's RGB result into a buffer the caller frees with free(). */
+static int take_stb_rgb(stbi_uc *pixels, int w, int h, uint8_t **rgb, const char *name,
+                        char *err, size_t errlen) {
+    size_t bytes = (size_t)w * h * 3;
+    *rgb = malloc(bytes);
+    if (!*rgb) {
+        stbi_image_free(pixels);
+        return fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory for %dx%d pixels", name, w, h);
+    }
+    memcpy(*rgb, pixels, bytes);
+    stbi_image_free(pixels);
+    return XCAP_OK;
+}
+
+/* PNG 16-bit grey: Pillow opens it as mode I and its I -> RGB conversion clips to 255. */
+static int decode_png_grey16(const uint8_t *d, size_t n, uint8_t **rgb, int *w, int *h,
+                             const char *name, char *err, size_t errlen) {
+    int comp;
+    stbi_us *grey = stbi_load_16_from_memory(d, (int)n, w, h, &comp, 1);
+    if (!grey) return XCAP_ERR_FORMAT; /* the caller words the error */
+    size_t count = (size_t)*w * *h;
+    *rgb = malloc(count * 3);
+    if (!*rgb) {
+        stbi_image_free(grey);
+        return fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory", name);
+    }
+    for (size_t i = 0; i < count; i++) {
+        uint8_t v = grey[i] > 255 ? 255 : (uint8_t)grey[i];
+        (*rgb)[3 * i] = (*rgb)[3 * i + 1] = (*rgb)[3 * i + 2] = v;
+    }
+    stbi_image_free(grey);
+    return XCAP_OK;
+}
+
+static int decode_png_once(const uint8_t *d, size_t n, int grey16, uint8_t **rgb, int *w, int *h,
+                           const char *name, char *err, size_t errlen) {
+    if (grey16) return decode_png_grey16(d, n, rgb, w, h, name, err, errlen);
+    int comp;
+    stbi_uc *px = stbi_load_from_memory(d, (int)n, w, h, &comp, 3);
+    if (!px) return XCAP_ERR_FORMAT;
+    return take_stb_rgb(px, *w, *h, rgb, name, err, errlen);
+}
+
+/* Rebuilds a PNG whose chunk list stops early: the complete chunks, what is there of a cut
+ * IDAT chunk, then IEND. Returns NULL when nothing is missing (or out of memory). */
+static uint8_t *close_truncated_png(const uint8_t *d, size_t n, size_t *out_n) {
+    size_t pos = 8;
+    while (pos + 8 <= n) {
+        size_t len = be32(d + pos);
+        if (memcmp(d + pos + 4, "IEND", 4) == 0) return NULL;
+        if (len > n || pos + 12 + len > n) break; /* this chunk is cut */
+        pos += 12 + len;
+    }
+    size_t keep = pos, partial = 0;
+    if (pos + 8 <= n && memcmp(d + pos + 4, "IDAT", 4) == 0) {
+        partial = n - (pos + 8);
+        if (partial > be32(d + pos)) partial = be32(d + pos);
+    }
+    static const uint8_t iend[12] = {0, 0, 0, 0, 'I', 'E', 'N', 'D', 0xAE, 0x42, 0x60, 0x82};
+    uint8_t *fixed = malloc(keep + (partial ? partial + 12 : 0) + sizeof iend);
+    if (!fixed) return NULL;
+    memcpy(fixed, d, keep);
+    size_t m = keep;
+    if (partial) {
+        fixed[m] = (uint8_t)(partial >> 24), fixed[m + 1] = (uint8_t)(partial >> 16);
+        fixed[m + 2] = (uint8_t)(partial >> 8), fixed[m + 3] = (uint8_t)partial;
+        memcpy(fixed + m + 4, "IDAT", 4);
+        memcpy(fixed + m + 8, d + pos + 8, partial);
+        memset(fixed + m + 8 + partial, 0, 4); /* CRC: stb does not check it, nor do we */
+        m += partial + 12;
+    }
+    memcpy(fixed + m, iend, sizeof iend);
+    *out_n = m + sizeof iend;
+    return fixed;
+}
+
+static int load_png(const uint8_t *d, size_t n, const char *name, uint8_t **rgb, int *w, int *h,
+                    char *err, size_t errlen) {
+    /* IHDR is the first chunk (stbi_info already checked): depth at 24, colour type at 25. */
+    int grey16 = n > 25 && d[24] == 16 && d[25] == 0;
+    int rc = decode_png_once(d, n, grey16, rgb, w, h, name, err, errlen);
+    if (rc != XCAP_ERR_FORMAT) return rc;
+    const char *first_reason = stb_reason();
+    size_t fixed_n;
+    uint8_t *fixed = close_truncated_png(d, n, &fixed_n);
+    if (fixed) {
+        rc = decode_png_once(fixed, fixed_n, grey16, rgb, w, h, name, err, errlen);
+        free(fixed);
+        if (rc != XCAP_ERR_FORMAT) return rc;
+        return fail(err, errlen, XCAP_ERR_FORMAT,
+                    "%s: PNG file is truncated (%zu bytes, pixel data incomplete; stb_image: %s)",
+                    name, n, first_reason);
+    }
+    return fail(err, errlen, XCAP_ERR_FORMAT, "%s: PNG data is corrupt (stb_image: %s)", name,
+                first_reason);
+}
+
+static int load_gif(const uint8_t *d, size_t n, const char *name, uint8_t **rgb, int *w, int *h,
+                    char *err, size_t errlen) {
+    gif_first_frame frame;
+    uint8_t *patched = malloc(n);
+    if (!patched) return fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory", name);
+    memcpy(patched, d, n);
+    int rc = parse_gif(d, n, patched, name, &frame, err, errlen);
+    int comp;
+    stbi_uc *rgba = rc ? NULL : stbi_load_from_memory(patched, (int)n, w, h, &comp, 4);
+    free(patched);
+    if (rc) return rc;
+    if (!rgba)
+        return fail(err, errlen, XCAP_ERR_FORMAT, "%s: GIF data is corrupt (stb_image: %s)", name,
+                    stb_reason());
+    size_t count = (size_t)*w * *h;
+    *rgb = malloc(count * 3);
+    if (!*rgb) {
+        stbi_image_free(rgba);
+        return fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory", name);
+    }
+    /* Pillow's first frame is palette indices; pixels the frame does not cover hold the
+     * transparent index if there is one, else 0. */
+    int fill = frame.transparent >= 0 ? frame.transparent : 0;
+    uint8_t fill_rgb[3] = {(uint8_t)fill, (uint8_t)fill, (uint8_t)fill}; /* no table: grey */
+    if (frame.palette && fill < frame.palette_size) memcpy(fill_rgb, frame.palette + 3 * fill, 3);
+    size_t missing = 0;
+    for (int y = 0; y < *h; y++)
+        for (int x = 0; x < *w; x++) {
+            size_t i = (size_t)y * *w + x;
+            int inside = x >= frame.x && x < frame.x + frame.w && y >= frame.y &&
+                         y < frame.y + frame.h;
+            if (!inside) {
+                memcpy(*rgb + 3 * i, fill_rgb, 3);
+            } else {
+                missing += rgba[4 * i + 3] == 0; /* never drawn: the data ran out */
+                memcpy(*rgb + 3 * i, rgba + 4 * i, 3);
+            }
+        }
+    stbi_image_free(rgba);
+    if (missing) {
+        free(*rgb);
+        *rgb = NULL;
+        return fail(err, errlen, XCAP_ERR_FORMAT,
+                    "%s: GIF file is truncated (%zu bytes; %zu pixels of the first frame are "
+                    "missing)",
+                    name, n, missing);
+    }
+    return XCAP_OK;
+}
+
+/* Binary PNM (P5 grey, P6 RGB), decoded here because stb ignores maxval. Pillow's mapping
+ * (PpmImagePlugin): maxval 255 is raw; otherwise value / maxval * 255 rounded half to even
+ * (Python's round), except grey with maxval > 255, which Pillow keeps as a 32-bit I image
+ * (scaled to 65535) that convert("RGB") then clips at 255. */
+static int pnm_token(const uint8_t *d, size_t n, size_t *pos, long long *value) {
+    for (;;) { /* white space and # comments */
+        while (*pos < n && strchr(" \t\n\v\f\r", d[*pos]) && d[*pos]) (*pos)++;
+        if (*pos < n && d[*pos] == '#') {
+            while (*pos < n && d[*pos] != '\n' && d[*pos] != '\r') (*pos)++;
+            continue;
+        }
+        break;
+    }
+    if (*pos >= n || d[*pos] < '0' || d[*pos] > '9') return 0;
+    long long v = 0;
+    while (*pos < n && d[*pos] >= '0' && d[*pos] <= '9') {
+        v = v * 10 + (d[*pos] - '0');
+        if (v > INT_MAX) return 0;
+        (*pos)++;
+    }
+    *value = v;
+    return 1;
+}
+
+static int load_pnm(const uint8_t *d, size_t n, const char *name, uint8_t **rgb, int *w, int *h,
+                    char *err, size_t errlen) {
+    int channels = d[1] == '6' ? 3 : 1;
+    size_t pos = 2;
+    long long width, height, maxval;
+    if (!pnm_token(d, n, &pos, &width) || !pnm_token(d, n, &pos, &height) ||
+        !pnm_token(d, n, &pos, &maxval) || pos >= n)
+        return fail(err, errlen, XCAP_ERR_FORMAT,
+                    "%s: PNM header is truncated or corrupt (expected width, height, maxval)",
+                    name);
+    pos++; /* the single white-space byte before the samples */
+    if (maxval < 1 || maxval > 65535)
+        return fail(err, errlen, XCAP_ERR_FORMAT, "%s: PNM maxval %lld is outside 1..65535",
+                    name, maxval);
+    int rc = check_dimensions(name, IMG_PNM, width, height, err, errlen);
+    if (rc) return rc;
+    int sample_bytes = maxval > 255 ? 2 : 1;
+    size_t count = (size_t)width * height;
+    unsigned long long need = pos + (unsigned long long)count * channels * sample_bytes;
+    if (n < need) return truncated(name, IMG_PNM, n, need, err, errlen);
+    *rgb = malloc(count * 3);
+    if (!*rgb) return fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory", name);
+    const uint8_t *s = d + pos;
+    /* Grey with maxval > 255 keeps 16-bit range (then clips); everything else maps to 255. */
+    int grey_wide = channels == 1 && maxval > 255;
+    double out_max = grey_wide ? 65535.0 : 255.0;
+    /* Pillow reads these without scaling: 8-bit 255, and grey 65535 as I;16B. */
+    int raw = maxval == 255 || (grey_wide && maxval == 65535);
+    for (size_t i = 0; i < count * channels; i++) {
+        long long v = sample_bytes == 2 ? (long long)be16(s + 2 * i) : s[i];
+        if (!raw) {
+            double scaled = nearbyint((double)v / (double)maxval * out_max);
+            v = scaled > out_max ? (long long)out_max : (long long)scaled;
+        }
+        uint8_t out = v > 255 ? 255 : (uint8_t)v;
+        if (channels == 3) {
+            (*rgb)[i] = out;
+        } else {
+            (*rgb)[3 * i] = (*rgb)[3 * i + 1] = (*rgb)[3 * i + 2] = out;
+        }
+    }
+    *w = (int)width, *h = (int)height;
+    return XCAP_OK;
+}
+
+int image_load_memory(const uint8_t *data, size_t size, const char *name, uint8_t **rgb,
+                      int *width, int *height, char *err, size_t errlen) {
+    *rgb = NULL;
+    *width = *height = 0;
+    if (!name) name = "(memory)";
+    if (!data && size) return fail(err, errlen, XCAP_ERR_ARG, "%s: NULL data", name);
+    if (size == 0) return fail(err, errlen, XCAP_ERR_FORMAT, "%s: empty file (0 bytes)", name);
+    if (size > IMAGE_MAX_FILE_BYTES)
+        return fail(err, errlen, XCAP_ERR_UNSUPPORTED, "%s: file too large (%zu bytes)", name,
+                    size);
+    const char *other = unsupported_format(data, size);
+    if (other)
+        return fail(err, errlen, XCAP_ERR_UNSUPPORTED,
+                    "%s: %s images are not supported (xcap reads " SUPPORTED_FORMATS ")", name,
+                    other);
+    image_format fmt = sniff(data, size);
+    int w, h, w_info, h_info, comp, rc;
+    if (fmt == IMG_PNM) {
+        rc = load_pnm(data, size, name, rgb, &w, &h, err, errlen);
+    } else {
+        long long hw, hh;
+        if (header_dimensions(fmt, data, size, &hw, &hh) &&
+            (rc = check_dimensions(name, fmt, hw, hh, err, errlen)))
+            return rc;
+        if (!stbi_info_from_memory(data, (int)size, &w_info, &h_info, &comp)) {
+            if (fmt == IMG_TGA)
+                return fail(err, errlen, XCAP_ERR_FORMAT,
+                            "%s: not an image in a supported format (" SUPPORTED_FORMATS ")",
+                            name);
+            return fail(err, errlen, XCAP_ERR_FORMAT,
+                        "%s: %s header is truncated or corrupt (stb_image: %s)", name,
+                        format_name(fmt), stb_reason());
+        }
+        /* Refuse oversized images from the header alone, before stb allocates anything. */
+        if ((rc = check_dimensions(name, fmt, w_info, h_info, err, errlen))) return rc;
+        switch (fmt) {
+        case IMG_BMP: rc = check_bmp(data, size, name, err, errlen); break;
+        case IMG_TGA: rc = check_tga(data, size, name, err, errlen); break;
+        case IMG_PSD: rc = check_psd(data, size, name, err, errlen); break;
+        default: rc = XCAP_OK; break;
+        }
+        if (rc) return rc;
+        if (fmt == IMG_PNG) {
+            rc = load_png(data, size, name, rgb, &w, &h, err, errlen);
+        } else if (fmt == IMG_GIF) {
+            rc = load_gif(data, size, name, rgb, &w, &h, err, errlen);
+        } else {
+            stbi_uc *px = stbi_load_from_memory(data, (int)size, &w, &h, &comp, 3);
+            if (!px)
+                return fail(err, errlen, XCAP_ERR_FORMAT,
+                            "%s: %s data is truncated or corrupt (stb_image: %s)", name,
+                            format_name(fmt), stb_reason());
+            rc = take_stb_rgb(px, w, h, rgb, name, err, errlen);
+            int green_bits = fmt == IMG_BMP ? bmp16_green_bits(data, size) : 0;
+            if (rc == XCAP_OK && green_bits) bmp16_like_pillow(*rgb, (size_t)w * h, green_bits);
+        }
+        if (rc == XCAP_OK && (w != w_info || h != h_info)) {
+            free(*rgb);
+            *rgb = NULL;
+            return fail(err, errlen, XCAP_ERR_FORMAT,
+                        "%s: %s decoded to %dx%d but its header says %dx%d", name,
+                        format_name(fmt), w, h, w_info, h_info);
+        }
+    }
+    if (rc) return rc;
+    *width = w, *height = h;
+    return XCAP_OK;
+}
+
+int image_load_file(const char *path, uint8_t **rgb, int *width, int *height, char *err,
+                    size_t errlen) {
+    *rgb = NULL;
+    *width = *height = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return fail(err, errlen, XCAP_ERR_IO, "%s: %s", path, strerror(errno));
+    size_t cap = 1 << 16, len = 0;
+    uint8_t *buf = malloc(cap);
+    int rc = XCAP_OK;
+    while (buf) {
+        len += fread(buf + len, 1, cap - len, f);
+        if (len < cap) break;
+        if (cap > IMAGE_MAX_FILE_BYTES) {
+            rc = fail(err, errlen, XCAP_ERR_UNSUPPORTED, "%s: file too large (over %zu bytes)",
+                      path, IMAGE_MAX_FILE_BYTES);
+            break;
+        }
+        uint8_t *bigger = realloc(buf, cap * 2);
+        if (!bigger) free(buf);
+        buf = bigger;
+        cap *= 2;
+    }
+    if (!rc && !buf) rc = fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory reading the file", path);
+    if (!rc && ferror(f)) rc = fail(err, errlen, XCAP_ERR_IO, "%s: read error: %s", path, strerror(errno));
+    fclose(f);
+    if (!rc) rc = image_load_memory(buf, len, path, rgb, width, height, err, errlen);
+    free(buf);
+    return rc;
+}

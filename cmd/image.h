@@ -1,0 +1,35 @@
+/* Image files -> 8-bit RGB pixels, the way the Hugging Face pipeline sees them: Pillow's
+ * Image.open(f).convert("RGB") (spec §3.1). The only place in xcap that decodes image files.
+ *
+ * Formats: PNG (all bit depths, palette, Adam7), JPEG (baseline and progressive), BMP
+ * (uncompressed), GIF (first frame), TGA, PSD (flattened RGB), PNM (binary P5/P6).
+ * Conversion follows Pillow: grey -> (L, L, L); alpha dropped without compositing; palette ->
+ * colours, including the transparent entry's colour; 16-bit RGB(A) and grey+alpha -> high
+ * byte; 16-bit grey (PNG, PGM) -> min(value, 255), which is what Pillow's I -> RGB
+ * conversion does. EXIF orientation is not applied (neither Pillow's convert nor the pipeline
+ * applies it). Truncated files are errors, except where Pillow accepts them (a PNG whose pixel
+ * data is complete but whose trailing chunks are missing; a TGA without its footer).
+ *
+ * Images larger than IMAGE_MAX_SIDE per side or IMAGE_MAX_PIXELS in all are refused from
+ * their header, before any pixel memory is allocated. */
+#ifndef XCAP_CMD_IMAGE_H
+#define XCAP_CMD_IMAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define IMAGE_MAX_SIDE 16384
+#define IMAGE_MAX_PIXELS (1u << 28)
+
+/* Decodes a file. On success *rgb holds width * height * 3 bytes (row-major, interleaved),
+ * to be released with free(). On failure *rgb is NULL and err names the file and the problem;
+ * the return value is an xcap_status (XCAP_ERR_IO, XCAP_ERR_FORMAT, XCAP_ERR_UNSUPPORTED,
+ * XCAP_ERR_NOMEM). */
+int image_load_file(const char *path, uint8_t **rgb, int *width, int *height, char *err,
+                    size_t errlen);
+
+/* The same from bytes in memory; `name` stands for the file in error messages. */
+int image_load_memory(const uint8_t *data, size_t size, const char *name, uint8_t **rgb,
+                      int *width, int *height, char *err, size_t errlen);
+
+#endif
