@@ -680,8 +680,9 @@ static int beam_search(const gen_setup *g, xcap_result *result, xcap_gen_trace *
             if (!heuristic_open || (all_done && early == XCAP_EARLY_STOP_TRUE) || all_hit) break;
         }
 
+        /* At position 0 every slot holds the start token alone: there is nothing to move. */
         int identity = 1;
-        for (int i = 0; i < B; i++) identity &= src[i] == i;
+        for (int i = 0; i < B; i++) identity &= src[i] == i || pos == 0;
         if (!identity) {
             rc = g->ops->reorder(g->ops->ctx, src, B, pos, err, errlen);
             if (rc) goto done;
