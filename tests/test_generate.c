@@ -525,7 +525,7 @@ static void test_select_top(void) {
 
 static void naive_top_k(float *s, int V, int k) {
     if (k <= 0 || k >= V) return;
-    float sorted[512];
+    static float sorted[4096];
     memcpy(sorted, s, (size_t)V * sizeof *s);
     for (int i = 1; i < V; i++) /* insertion sort, descending */
         for (int j = i; j > 0 && sorted[j - 1] < sorted[j]; j--) {
@@ -540,7 +540,7 @@ static void naive_top_k(float *s, int V, int k) {
 /* Sort by (score desc, id asc), then keep the shortest prefix whose probability reaches top_p. */
 static void naive_top_p(float *s, int V, float top_p) {
     if (top_p >= 1) return;
-    xcap_gen_ranked r[512];
+    static xcap_gen_ranked r[4096];
     int n = 0;
     for (int v = 0; v < V; v++)
         if (s[v] != -INFINITY) r[n++] = (xcap_gen_ranked){s[v], v};
@@ -562,10 +562,11 @@ static void naive_top_p(float *s, int V, float top_p) {
 
 static void test_warpers(void) {
     uint64_t rng = 3;
-    float got[512], want[512], scratch[512];
-    xcap_gen_ranked ranked[512];
+    static float got[4096], want[4096], scratch[4096];
+    static xcap_gen_ranked ranked[4096];
     for (int trial = 0; trial < 400; trial++) {
-        int V = 1 + (int)(test_rng_next(&rng) % 300);
+        /* mostly small rows; the last 20 long enough for deep selection recursion */
+        int V = trial < 380 ? 1 + (int)(test_rng_next(&rng) % 300) : 1000 + (int)(test_rng_next(&rng) % 3000);
         int quantized = trial % 2; /* half the trials with many equal logits */
         for (int v = 0; v < V; v++) {
             float x = 5 * test_rng_uniform(&rng);
@@ -596,6 +597,17 @@ static void test_warpers(void) {
         int kept = 0;
         for (int v = 0; v < 3; v++) kept += got[v] != -INFINITY;
         CHECK(kept == kept_want[c], "top_p %.2f on .5/.3/.2 kept %d, expected %d", cut[c], kept, kept_want[c]);
+    }
+    /* Exactly on the boundary: four equal scores are exactly .25 each; with top_p .5 the third
+     * token has exactly .5 above it and goes (transformers: cumulative .5 <= 1 - .5). Among
+     * equal scores the lower ids rank first. */
+    const float cuts[2] = {.5f, .75f};
+    for (int c = 0; c < 2; c++) {
+        for (int v = 0; v < 4; v++) got[v] = 0.0f;
+        xcap_gen_top_p(got, 4, cuts[c], ranked);
+        int ok = 1;
+        for (int v = 0; v < 4; v++) ok &= (got[v] == 0.0f) == (v < 2 + c);
+        CHECK(ok, "top_p %.2f on four equal scores: keeps the wrong tokens", cuts[c]);
     }
 }
 

@@ -136,30 +136,66 @@ void xcap_gen_top_k(float *scores, int V, int k, float *scratch) {
         if (scores[v] < kth) scores[v] = -INFINITY;
 }
 
-static int ranked_descending(const void *pa, const void *pb) {
-    const xcap_gen_ranked *a = pa, *b = pb;
-    if (a->score != b->score) return a->score > b->score ? -1 : 1;
-    return (a->index > b->index) - (a->index < b->index);
+/* The ranking used wherever order matters: score descending, then the lower id first. */
+static int ranks_before(xcap_gen_ranked a, xcap_gen_ranked b) {
+    return a.score > b.score || (a.score == b.score && a.index < b.index);
 }
 
-void xcap_gen_top_p(float *scores, int V, float top_p, xcap_gen_ranked *scratch) {
+static void swap_ranked(xcap_gen_ranked *a, xcap_gen_ranked *b) {
+    xcap_gen_ranked t = *a;
+    *a = *b;
+    *b = t;
+}
+
+void xcap_gen_top_p(float *scores, int V, float top_p, xcap_gen_ranked *items) {
     /* TopPLogitsWarper sorts ascending and removes a token when the cumulative probability up
-     * to and including it is <= 1 - top_p, i.e. when the tokens above it already hold >= top_p;
-     * the most probable token always stays. Same rule, walked from the top, sums in double. */
+     * to and including it is <= 1 - top_p, i.e. when the tokens ranked above it already hold
+     * >= top_p; the most probable token always stays. Same rule, but found by quickselect
+     * instead of a full sort (a sort of 50 257 entries per step cost ~10 ms): [lo, hi) is the
+     * part of the ranking not yet settled, `above` the probability of everything ranked before
+     * it, all of which is kept. Probabilities in double. */
     if (!(top_p < 1.0f)) return;
     int n = 0;
-    for (int v = 0; v < V; v++)
-        if (scores[v] != -INFINITY) scratch[n++] = (xcap_gen_ranked){scores[v], v};
-    if (n == 0) return;
-    qsort(scratch, (size_t)n, sizeof *scratch, ranked_descending);
-    float m = scratch[0].score;
-    double z = 0;
-    for (int i = 0; i < n; i++) z += exp((double)(scratch[i].score - m));
-    double above = 0;
-    for (int i = 0; i < n; i++) {
-        if (i > 0 && above >= (double)top_p) scores[scratch[i].index] = -INFINITY;
-        above += exp((double)(scratch[i].score - m)) / z;
+    float m = -INFINITY;
+    for (int v = 0; v < V; v++) {
+        if (scores[v] == -INFINITY) continue;
+        items[n++] = (xcap_gen_ranked){scores[v], v};
+        if (scores[v] > m) m = scores[v];
     }
+    if (n == 0) return;
+    double z = 0;
+    for (int i = 0; i < n; i++) z += exp((double)(items[i].score - m));
+    const double cut = top_p;
+    double above = 0;
+    xcap_gen_ranked last_kept = items[0];
+    int lo = 0, hi = n;
+    while (lo < hi) {
+        /* Median of three by rank, moved to the end of the range, then a partition that puts
+         * what ranks before it at the front and adds up its probability. */
+        int mid = lo + (hi - lo) / 2;
+        if (ranks_before(items[mid], items[lo])) swap_ranked(&items[mid], &items[lo]);
+        if (ranks_before(items[hi - 1], items[lo])) swap_ranked(&items[hi - 1], &items[lo]);
+        if (ranks_before(items[mid], items[hi - 1])) swap_ranked(&items[mid], &items[hi - 1]);
+        const xcap_gen_ranked pivot = items[hi - 1];
+        int front = lo;
+        double front_mass = 0;
+        for (int i = lo; i < hi - 1; i++) {
+            if (!ranks_before(items[i], pivot)) continue;
+            front_mass += exp((double)(items[i].score - m)) / z;
+            swap_ranked(&items[i], &items[front++]);
+        }
+        swap_ranked(&items[front], &items[hi - 1]);
+        if (above + front_mass >= cut) {
+            hi = front; /* the pivot already has >= top_p above it: the cut is in the front */
+        } else {
+            above += front_mass + exp((double)(pivot.score - m)) / z;
+            last_kept = pivot; /* it and all the front are kept */
+            lo = front + 1;
+            if (above >= cut) break;
+        }
+    }
+    for (int v = 0; v < V; v++)
+        if (scores[v] != -INFINITY && ranks_before(last_kept, (xcap_gen_ranked){scores[v], v})) scores[v] = -INFINITY;
 }
 
 /* Draws v with probability softmax(x)[v]: one uniform number against the running sum, in

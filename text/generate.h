@@ -114,7 +114,8 @@ typedef struct {
 
 /* Keeps the smallest set of most probable tokens whose probability reaches top_p, at least one:
  * a token is removed when the tokens ranked above it (score descending, lower id first among
- * equal scores) already hold probability >= top_p. scratch: V entries. */
+ * equal scores) already hold probability >= top_p. scratch: V entries. Linear time (quickselect),
+ * no full sort. */
 void xcap_gen_top_p(float *scores, int V, float top_p, xcap_gen_ranked *scratch);
 
 /* The k best of values[0..n) into out, best first; among equal values the lower index first.
