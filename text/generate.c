@@ -280,9 +280,9 @@ static int check_params(const xcap_decoder_ops *ops, const xcap_params *p, int32
                              (int)eos_ids[e], V);
     if (p->max_new_tokens < 0)
         return xcap_fail(err, errlen, XCAP_ERR_ARG, "max_new_tokens %d is negative", p->max_new_tokens);
-    int max_length = p->max_new_tokens > 0 ? p->max_new_tokens + 1 : p->max_length;
-    if (p->max_new_tokens > 0 && p->max_new_tokens == INT_MAX)
+    if (p->max_new_tokens == INT_MAX)
         return xcap_fail(err, errlen, XCAP_ERR_ARG, "max_new_tokens %d is too large", p->max_new_tokens);
+    int max_length = p->max_new_tokens > 0 ? p->max_new_tokens + 1 : p->max_length;
     if (max_length < 2)
         return xcap_fail(err, errlen, XCAP_ERR_ARG,
                          "max_length %d leaves no token to generate (it counts the start token: use 2 or more)",
@@ -339,14 +339,14 @@ static int check_params(const xcap_decoder_ops *ops, const xcap_params *p, int32
             p->early_stopping != XCAP_EARLY_STOP_NEVER)
             return xcap_fail(err, errlen, XCAP_ERR_ARG, "early_stopping %d is not one of 0 (false), 1 (true), 2 (never)",
                              (int)p->early_stopping);
-        int per_beam = n_eos + 1 > 2 ? n_eos + 1 : 2;
-        if ((long long)p->num_beams * V > INT_MAX || (long long)per_beam * p->num_beams > INT_MAX / 2)
+        long long per_beam = n_eos + 1LL > 2 ? n_eos + 1LL : 2;
+        if ((long long)p->num_beams * V > INT_MAX || per_beam * p->num_beams > INT_MAX / 2)
             return xcap_fail(err, errlen, XCAP_ERR_ARG, "num_beams %d is too large for a vocabulary of %d",
                              p->num_beams, V);
         /* transformers' torch.topk would fail the same way: it needs K candidates out of B x V. */
         if (per_beam * p->num_beams > p->num_beams * V)
             return xcap_fail(err, errlen, XCAP_ERR_ARG,
-                             "beam search keeps %d candidates per step but %d beams x %d tokens offer fewer",
+                             "beam search keeps %lld candidates per step but %d beams x %d tokens offer fewer",
                              per_beam * p->num_beams, p->num_beams, V);
     }
 
