@@ -217,7 +217,9 @@ static int check_tga(const uint8_t *d, size_t n, const char *name, char *err, si
     return XCAP_OK;
 }
 
-static int check_psd(const uint8_t *d, size_t n, const char *name, char *err, size_t errlen) {
+/* *image_data receives the offset of the image data section (its compression field). */
+static int check_psd(const uint8_t *d, size_t n, size_t *image_data, const char *name, char *err,
+                     size_t errlen) {
     unsigned long long pos = 26;
     if (n < pos) return truncated(name, IMG_PSD, n, pos, err, errlen);
     unsigned long long channels = be16(d + 12), h = be32(d + 14), w = be32(d + 18);
@@ -227,6 +229,7 @@ static int check_psd(const uint8_t *d, size_t n, const char *name, char *err, si
         pos += 4 + (unsigned long long)be32(d + pos);
     }
     if (n < pos + 2) return truncated(name, IMG_PSD, n, pos + 2, err, errlen);
+    *image_data = (size_t)pos;
     unsigned compression = be16(d + pos);
     pos += 2;
     /* The flattened image has every channel's plane; stb and Pillow read up to four. */
@@ -241,6 +244,31 @@ static int check_psd(const uint8_t *d, size_t n, const char *name, char *err, si
         if (n < need) return truncated(name, IMG_PSD, n, need, err, errlen);
     }
     return XCAP_OK;
+}
+
+/* stb removes a "white matte" from PSD colours wherever alpha is partial, which Pillow does
+ * not (convert("RGB") just drops alpha). A copy that declares 3 channels, with the extra
+ * channels' row-length entries dropped from an RLE table, makes stb read only R, G and B.
+ * Returns NULL when the file has at most 3 channels (or on out of memory, with *oom set). */
+static uint8_t *psd_rgb_only(const uint8_t *d, size_t n, size_t image_data, size_t *out_n,
+                             int *oom) {
+    *oom = 0;
+    unsigned channels = be16(d + 12);
+    if (channels <= 3) return NULL;
+    size_t h = be32(d + 14);
+    uint8_t *copy = malloc(n);
+    if (!copy) {
+        *oom = 1;
+        return NULL;
+    }
+    int rle = be16(d + image_data) == 1;
+    size_t table = image_data + 2, keep = rle ? 3 * h * 2 : 0, drop = rle ? (channels - 3) * h * 2 : 0;
+    /* check_psd has verified that the whole table is inside the file */
+    memcpy(copy, d, table + keep);
+    memcpy(copy + table + keep, d + table + keep + drop, n - (table + keep + drop));
+    copy[12] = 0, copy[13] = 3;
+    *out_n = n - drop;
+    return copy;
 }
 
 /* What the GIF's first frame needs besides stb's pixels. */
@@ -549,6 +577,7 @@ int image_load_memory(const uint8_t *data, size_t size, const char *name, uint8_
                     other);
     image_format fmt = sniff(data, size);
     int w, h, w_info, h_info, comp, rc;
+    size_t psd_image_data = 0;
     if (fmt == IMG_PNM) {
         rc = load_pnm(data, size, name, rgb, &w, &h, err, errlen);
     } else {
@@ -570,7 +599,7 @@ int image_load_memory(const uint8_t *data, size_t size, const char *name, uint8_
         switch (fmt) {
         case IMG_BMP: rc = check_bmp(data, size, name, err, errlen); break;
         case IMG_TGA: rc = check_tga(data, size, name, err, errlen); break;
-        case IMG_PSD: rc = check_psd(data, size, name, err, errlen); break;
+        case IMG_PSD: rc = check_psd(data, size, &psd_image_data, name, err, errlen); break;
         default: rc = XCAP_OK; break;
         }
         if (rc) return rc;
@@ -579,7 +608,17 @@ int image_load_memory(const uint8_t *data, size_t size, const char *name, uint8_
         } else if (fmt == IMG_GIF) {
             rc = load_gif(data, size, name, rgb, &w, &h, err, errlen);
         } else {
-            stbi_uc *px = stbi_load_from_memory(data, (int)size, &w, &h, &comp, 3);
+            const uint8_t *src = data;
+            size_t src_n = size;
+            uint8_t *rgb_only = NULL;
+            int oom = 0;
+            if (fmt == IMG_PSD) {
+                rgb_only = psd_rgb_only(data, size, psd_image_data, &src_n, &oom);
+                if (oom) return fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory", name);
+                if (rgb_only) src = rgb_only;
+            }
+            stbi_uc *px = stbi_load_from_memory(src, (int)src_n, &w, &h, &comp, 3);
+            free(rgb_only);
             if (!px)
                 return fail(err, errlen, XCAP_ERR_FORMAT,
                             "%s: %s data is truncated or corrupt (stb_image: %s)", name,

@@ -376,12 +376,15 @@ def make_imgfmt():
 
     files["psd_rgb.psd"] = psd_bytes(pic, rle=False)
     files["psd_rgb_rle.psd"] = psd_bytes(pic, rle=True)
+    files["psd_rgba.psd"] = psd_bytes(rgba, rle=False)
+    files["psd_rgba_rle.psd"] = psd_bytes(rgba, rle=True)
 
     # JPEG: lossy, so only the largest difference from Pillow's decode is measured.
     pil_save("jpg_baseline.jpg", rgb_im, "JPEG", quality=90)
     pil_save("jpg_progressive.jpg", rgb_im, "JPEG", quality=90, progressive=True)
     pil_save("jpg_444.jpg", rgb_im, "JPEG", quality=95, subsampling=0)
     pil_save("jpg_gray.jpg", l_im, "JPEG", quality=90)
+    pil_save("jpg_cmyk.jpg", rgb_im.convert("CMYK"), "JPEG", quality=95)  # Adobe, inverted
     odd = Image.fromarray(photo_like(37, 23, 4))  # sizes that are not multiples of the MCU
     pil_save("jpg_odd_size.jpg", odd, "JPEG", quality=85)
 
@@ -480,7 +483,8 @@ def make_truncation_masks(files):
         with open(os.path.join(FMT_DIR, name), "wb") as fp:
             fp.write(extra[name])
     swept = ["png_p.png", "png_rgb16.png", "png_l16.png", "bmp_rgb.bmp", "bmp_p.bmp",
-             "tga_rgb.tga", "tga_rle.tga", "psd_rgb.psd", "psd_rgb_rle.psd", "gif.gif",
+             "tga_rgb.tga", "tga_rle.tga", "psd_rgb.psd", "psd_rgb_rle.psd", "psd_rgba_rle.psd",
+             "gif.gif",
              "gif_noninterlaced.gif", "pnm_rgb.ppm", "pnm_l_max1000.pgm"]
     lines = ["# file size prefix-lengths-that-Pillow-decodes"]
     for name in list(extra) + swept:
