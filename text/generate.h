@@ -25,8 +25,8 @@ typedef struct {
     int (*step)(void *ctx, const int32_t *tokens, int n_seq, int pos, float *logits, char *err,
                 size_t errlen);
     /* Beam reordering: after it, cache slot i holds what old slot src[i] held (positions 0..pos).
-     * Only beam search calls it (it may be NULL when num_beams is 1), and never with the identity
-     * permutation. */
+     * Only beam search calls it (it may be NULL when num_beams is 1), never with the identity
+     * permutation and never at position 0 (every slot then holds the start token alone). */
     int (*reorder)(void *ctx, const int *src, int n_seq, int pos, char *err, size_t errlen);
 } xcap_decoder_ops;
 
@@ -67,7 +67,11 @@ void xcap_gen_trace_free(xcap_gen_trace *trace);
  * - Beam search (num_beams > 1): see beam_search() in generate.c; score =
  *   sum_logprob / n_tokens^length_penalty, n_tokens counting the eos and not the start token.
  *   num_return_sequences (<= num_beams) hypotheses are returned.
- * - Equal scores: the lower index (beam-major flat index, beam * V + token) ranks first. */
+ * - Equal scores: the lower index (beam-major flat index, beam * V + token) ranks first, and
+ *   greedy takes the first maximum as torch.argmax does. torch.topk promises no order among
+ *   equal values (on CPU, torch 1.13 returned lower-index-first in only 47 of 2000 random
+ *   tie-heavy trials), so an exact tie that decides a beam step can differ from transformers;
+ *   real logits make that a measure-zero event, and the goldens exclude near-ties. */
 int xcap_generate(const xcap_decoder_ops *ops, const xcap_params *p, int32_t start_token,
                   const int32_t *eos_ids, int n_eos, int max_positions, xcap_result *result,
                   char *err, size_t errlen);
