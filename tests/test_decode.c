@@ -94,7 +94,7 @@ static void check_sampling(xcap_state *st, const xcap_model *m) {
     char err[512];
     uint8_t *rgb;
     int w, h;
-    if (image_load_file("tests/fixtures/images/img00.png", &rgb, &w, &h, err, sizeof err) != 0) {
+    if (image_load_file("tests/fixtures/images/gradient_32x32.png", &rgb, &w, &h, err, sizeof err) != 0) {
         CHECK(0, "%s", err);
         return;
     }
