@@ -13,6 +13,9 @@
  *   the transparent index, or index 0, outside the frame).
  * - PNM: stb 2.27 ignores maxval, byte-swaps 16-bit samples wrongly and accepts short files,
  *   so binary P5/P6 are decoded here, with Pillow's maxval scaling.
+ * - BMP 5/6-bit channels: stb repeats the bits, Pillow computes v * 255 / (2^n - 1).
+ * - PSD with alpha: stb removes a white matte, Pillow does not.
+ * - EXIF orientation (JPEG, PNG) is applied afterwards, as transformers' load_image does.
  *
  * This file belongs to the command-line layer: it is linked without the xcap library, so it
  * formats its own messages and reads its own files. */
@@ -342,6 +345,121 @@ static int parse_gif(const uint8_t *d, size_t n, uint8_t *patch, const char *nam
     }
 }
 
+/* ---- EXIF orientation ----
+ * transformers' load_image(), which the image-to-text pipeline calls, runs
+ * PIL.ImageOps.exif_transpose() before convert("RGB"): a phone photo stored sideways with
+ * Orientation 6 reaches the model upright. Pillow 9.4 takes the tag from the first JPEG APP1
+ * "Exif" segment, a PNG eXIf chunk, or (PNG, when no EXIF tag) an uncompressed iTXt
+ * "XML:com.adobe.xmp" packet. Anything malformed counts as no orientation. */
+
+/* Orientation (1..8) from TIFF-structured EXIF data, or 0. */
+static int tiff_orientation(const uint8_t *t, size_t n) {
+    if (n < 8) return 0;
+    int little = memcmp(t, "II*\0", 4) == 0;
+    if (!little && memcmp(t, "MM\0*", 4) != 0) return 0;
+#define U16(p) (little ? le16(p) : be16(p))
+#define U32(p) (little ? le32(p) : be32(p))
+    size_t ifd = U32(t + 4);
+    if (ifd > n - 2) return 0;
+    size_t count = U16(t + ifd);
+    for (size_t i = 0; i < count; i++) {
+        size_t e = ifd + 2 + 12 * i;
+        if (e + 12 > n) return 0;
+        if (U16(t + e) != 0x0112) continue;
+        unsigned type = U16(t + e + 2);
+        if (U32(t + e + 4) != 1) return 0; /* a list of values: Pillow matches no method */
+        uint32_t v = type == 3 ? U16(t + e + 8) : type == 4 ? U32(t + e + 8) : type == 1 ? t[e + 8] : 0;
+        return v <= 8 ? (int)v : 0; /* SHORT, LONG or BYTE; values above 8 mean nothing */
+    }
+    return 0;
+#undef U16
+#undef U32
+}
+
+static int jpeg_orientation(const uint8_t *d, size_t n) {
+    size_t pos = 2; /* after SOI */
+    while (pos + 4 <= n && d[pos] == 0xFF) {
+        uint8_t marker = d[pos + 1];
+        if (marker == 0xFF) { /* fill byte */
+            pos++;
+            continue;
+        }
+        if (marker == 0xDA || marker == 0xD9) break; /* image data: no more headers */
+        size_t len = be16(d + pos + 2);
+        if (len < 2 || pos + 2 + len > n) break;
+        const uint8_t *seg = d + pos + 4;
+        size_t seg_n = len - 2;
+        if (marker == 0xE1 && seg_n >= 6 && memcmp(seg, "Exif\0", 5) == 0)
+            return tiff_orientation(seg + 6, seg_n - 6); /* the first one counts */
+        pos += 2 + len;
+    }
+    return 0;
+}
+
+/* Pillow's XMP fallback: the regex tiff:Orientation(="|>)([0-9]). */
+static int xmp_orientation(const uint8_t *x, size_t n) {
+    static const char key[] = "tiff:Orientation";
+    size_t k = sizeof key - 1;
+    for (size_t i = 0; i + k < n; i++) {
+        if (memcmp(x + i, key, k) != 0) continue;
+        const uint8_t *p = x + i + k;
+        size_t left = n - i - k;
+        if (left >= 3 && p[0] == '=' && p[1] == '"' && p[2] >= '0' && p[2] <= '9') return p[2] - '0';
+        if (left >= 2 && p[0] == '>' && p[1] >= '0' && p[1] <= '9') return p[1] - '0';
+    }
+    return 0;
+}
+
+static int png_orientation(const uint8_t *d, size_t n) {
+    int from_exif = 0, from_xmp = 0, have_exif = 0;
+    for (size_t pos = 8; pos + 12 <= n;) {
+        size_t len = be32(d + pos);
+        if (len > n - pos - 12) break;
+        const uint8_t *type = d + pos + 4, *body = d + pos + 8;
+        if (memcmp(type, "eXIf", 4) == 0) { /* the last one counts, as in Pillow */
+            have_exif = 1;
+            from_exif = tiff_orientation(body, len);
+        } else if (memcmp(type, "iTXt", 4) == 0 && len > 18 &&
+                   memcmp(body, "XML:com.adobe.xmp\0", 18) == 0 && body[18] == 0) {
+            /* keyword, compression flag 0 (uncompressed), method, language\0, translated\0 */
+            size_t i = 20, seen = 0;
+            while (i < len && seen < 2) seen += body[i++] == 0;
+            if (seen == 2) from_xmp = xmp_orientation(body + i, len - i);
+        }
+        if (memcmp(type, "IEND", 4) == 0) break;
+        pos += 12 + len;
+    }
+    return have_exif && from_exif ? from_exif : from_xmp;
+}
+
+/* Pillow's Image.transpose for orientations 2..8 (FLIP_LEFT_RIGHT, ROTATE_180,
+ * FLIP_TOP_BOTTOM, TRANSPOSE, ROTATE_270, TRANSVERSE, ROTATE_90). */
+static int apply_orientation(uint8_t **rgb, int *w, int *h, int orientation) {
+    if (orientation < 2 || orientation > 8) return XCAP_OK;
+    int W = *w, H = *h, swap = orientation >= 5;
+    int ow = swap ? H : W, oh = swap ? W : H;
+    uint8_t *out = malloc((size_t)ow * oh * 3);
+    if (!out) return XCAP_ERR_NOMEM;
+    for (int y = 0; y < oh; y++)
+        for (int x = 0; x < ow; x++) {
+            int sx, sy;
+            switch (orientation) {
+            case 2: sx = W - 1 - x, sy = y; break;
+            case 3: sx = W - 1 - x, sy = H - 1 - y; break;
+            case 4: sx = x, sy = H - 1 - y; break;
+            case 5: sx = y, sy = x; break;
+            case 6: sx = y, sy = H - 1 - x; break;
+            case 7: sx = W - 1 - y, sy = H - 1 - x; break;
+            default: sx = W - 1 - y, sy = x; break; /* 8 */
+            }
+            memcpy(out + ((size_t)y * ow + x) * 3, *rgb + ((size_t)sy * W + sx) * 3, 3);
+        }
+    free(*rgb);
+    *rgb = out;
+    *w = ow, *h = oh;
+    return XCAP_OK;
+}
+
 /* ---- decoders ---- */
 
 /* Copies stb's RGB result into a buffer the caller frees with free(). */
@@ -636,6 +754,14 @@ int image_load_memory(const uint8_t *data, size_t size, const char *name, uint8_
         }
     }
     if (rc) return rc;
+    int orientation = fmt == IMG_JPEG ? jpeg_orientation(data, size)
+                      : fmt == IMG_PNG ? png_orientation(data, size)
+                                       : 0;
+    if (apply_orientation(rgb, &w, &h, orientation) != XCAP_OK) {
+        free(*rgb);
+        *rgb = NULL;
+        return fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory", name);
+    }
     *width = w, *height = h;
     return XCAP_OK;
 }

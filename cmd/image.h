@@ -1,14 +1,17 @@
-/* Image files -> 8-bit RGB pixels, the way the Hugging Face pipeline sees them: Pillow's
- * Image.open(f).convert("RGB") (spec §3.1). The only place in xcap that decodes image files.
+/* Image files -> 8-bit RGB pixels, the way the Hugging Face pipeline sees them: transformers'
+ * load_image(), i.e. Pillow's ImageOps.exif_transpose(Image.open(f)).convert("RGB")
+ * (spec §3.1). The only place in xcap that decodes image files.
  *
  * Formats: PNG (all bit depths, palette, Adam7), JPEG (baseline and progressive), BMP
  * (uncompressed), GIF (first frame), TGA, PSD (flattened RGB), PNM (binary P5/P6).
  * Conversion follows Pillow: grey -> (L, L, L); alpha dropped without compositing; palette ->
  * colours, including the transparent entry's colour; 16-bit RGB(A) and grey+alpha -> high
  * byte; 16-bit grey (PNG, PGM) -> min(value, 255), which is what Pillow's I -> RGB
- * conversion does. EXIF orientation is not applied (neither Pillow's convert nor the pipeline
- * applies it). Truncated files are errors, except where Pillow accepts them (a PNG whose pixel
- * data is complete but whose trailing chunks are missing; a TGA without its footer).
+ * conversion does. The EXIF orientation of JPEG and PNG files is applied, because
+ * transformers' load_image() (what the image-to-text pipeline uses) calls
+ * PIL.ImageOps.exif_transpose before convert("RGB"). Truncated files are errors, except where
+ * Pillow accepts them (a PNG whose pixel data is complete but whose trailing chunks are
+ * missing; a TGA without its footer).
  *
  * Images larger than IMAGE_MAX_SIDE per side or IMAGE_MAX_PIXELS in all are refused from
  * their header, before any pixel memory is allocated. */

@@ -6,8 +6,9 @@ Writes
                            filter and many target sizes (cases.txt lists them), and
                            pixel values after rescale/normalize for a few processor configs.
   tests/fixtures/imgfmt/   one small picture saved by Pillow (or by hand, where Pillow cannot
-                           write the variant) in every format xcap decodes, each with Pillow's
-                           own decode `Image.open(f).convert("RGB")` as the golden, plus bad
+                           write the variant) in every format xcap decodes, each with what
+                           transformers' load_image() makes of it as the golden:
+                           ImageOps.exif_transpose(Image.open(f)).convert("RGB"); plus bad
                            files for the error paths.
 
 Run from the repository root:  /usr/bin/python3 weights/reference/make_resize_goldens.py
@@ -22,7 +23,7 @@ import zlib
 
 import numpy as np
 import PIL
-from PIL import Image
+from PIL import Image, ImageOps, PngImagePlugin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESIZE_DIR = os.path.join(ROOT, "tests", "fixtures", "resize")
@@ -299,6 +300,23 @@ def pnm_bytes(samples, maxval, magic):
         samples.astype(dtype).tobytes()
 
 
+def pipeline_rgb(data):
+    """What transformers' load_image() gives the processor: EXIF orientation applied, then
+    convert("RGB")."""
+    return np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+
+
+def exif_orientation_bytes(orientation, big_endian=False):
+    """A minimal EXIF block (TIFF header, IFD0 with ImageWidth then Orientation)."""
+    e = ">" if big_endian else "<"
+    head = (b"MM\x00*" if big_endian else b"II*\x00") + struct.pack(e + "I", 8)
+    ifd = struct.pack(e + "H", 2)
+    ifd += struct.pack(e + "HHII", 0x0100, 4, 1, 40)  # ImageWidth, LONG
+    ifd += struct.pack(e + "HHIH", 0x0112, 3, 1, orientation) + b"\0\0"  # Orientation, SHORT
+    ifd += struct.pack(e + "I", 0)
+    return b"Exif\x00\x00" + head + ifd
+
+
 def make_imgfmt():
     os.makedirs(FMT_DIR, exist_ok=True)
     bad_dir = os.path.join(FMT_DIR, "bad")
@@ -379,6 +397,17 @@ def make_imgfmt():
     files["psd_rgba.psd"] = psd_bytes(rgba, rle=False)
     files["psd_rgba_rle.psd"] = psd_bytes(rgba, rle=True)
 
+    # EXIF orientation, applied by transformers' load_image (ImageOps.exif_transpose).
+    for o in range(1, 9):
+        pil_save(f"png_orient{o}.png", rgb_im, "PNG", exif=exif_orientation_bytes(o, o % 2 == 0))
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:'
+                  'Description tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    pil_save("png_orient_xmp.png", rgb_im, "PNG", pnginfo=info)
+    pil_save("jpg_orient6.jpg", rgb_im, "JPEG", quality=90, exif=exif_orientation_bytes(6))
+    pil_save("jpg_orient8_mm.jpg", rgb_im, "JPEG", quality=90,
+             exif=exif_orientation_bytes(8, big_endian=True))
+
     # JPEG: lossy, so only the largest difference from Pillow's decode is measured.
     pil_save("jpg_baseline.jpg", rgb_im, "JPEG", quality=90)
     pil_save("jpg_progressive.jpg", rgb_im, "JPEG", quality=90, progressive=True)
@@ -388,14 +417,14 @@ def make_imgfmt():
     odd = Image.fromarray(photo_like(37, 23, 4))  # sizes that are not multiples of the MCU
     pil_save("jpg_odd_size.jpg", odd, "JPEG", quality=85)
 
-    manifest = ["# file golden  (golden = Pillow's Image.open(file).convert('RGB') as uint8 "
+    manifest = ["# file golden  (golden = Pillow's exif_transpose(Image.open(file)).convert('RGB'), uint8 "
                 "H x W x 3)"]
     golden_names = {}
     for name, data in sorted(files.items()):
         with open(os.path.join(FMT_DIR, name), "wb") as fp:
             fp.write(data)
         try:
-            golden = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+            golden = pipeline_rgb(data)
         except Exception as e:
             raise SystemExit(f"Pillow cannot read {name}: {e}")
         # Files that decode to the same pixels share one golden (most lossless RGB ones).
@@ -433,7 +462,7 @@ def make_bad_files(bad_dir, files):
         with open(os.path.join(bad_dir, name), "wb") as fp:
             fp.write(data)
         try:
-            Image.open(io.BytesIO(data)).convert("RGB")
+            pipeline_rgb(data)
             pillow = "decodes"
         except Exception as e:  # noqa: BLE001 - recording Pillow's verdict only
             pillow = type(e).__name__
@@ -456,7 +485,7 @@ def pillow_prefix_ranges(data):
     ok = []
     for n in range(1, len(data) + 1):
         try:
-            Image.open(io.BytesIO(data[:n])).convert("RGB")
+            pipeline_rgb(data[:n])
             ok.append(n)
         except Exception:  # noqa: BLE001 - any failure counts as "does not decode"
             pass
