@@ -127,6 +127,15 @@ static void test_bad_files(void) {
     expect_error("tiff.tif", XCAP_ERR_UNSUPPORTED, "TIFF");
     expect_error("no_such_file.png", XCAP_ERR_IO, "No such file");
 
+    /* A directory opens but does not read. */
+    {
+        char err[256] = "";
+        uint8_t *rgb;
+        int w, h;
+        int rc = image_load_file(FMT_DIR "bad", &rgb, &w, &h, err, sizeof err);
+        CHECK(rc == XCAP_ERR_IO && strstr(err, FMT_DIR "bad"), "directory: %d %s", rc, err);
+    }
+
     /* From memory: the name given stands for the file. */
     char err[256] = "";
     uint8_t *rgb;
