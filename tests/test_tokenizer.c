@@ -394,8 +394,11 @@ done:
     tokenizer_free(pairs);
 }
 
-/* transformers' GPT2Tokenizer.bpe merges every occurrence of the best pair before a pair made
- * by that merge may go, even one of lower rank. "ab a" (rank 0) must not beat the second "a b". */
+/* Spec §7 / transformers' Python GPT2Tokenizer.bpe: every occurrence of the best pair merges
+ * before a pair made by that merge may go, even one of lower rank, so "ab a" (rank 0) must not
+ * beat the second "a b". (HF tokenizers' Rust BPE would give [aba, b] here: it queues new pairs
+ * at once. The two agree whenever a merge ranks after the merges that make its parts, as in
+ * every trained merges file, GPT-2's included; only hand-made files like this one differ.) */
 static void test_bpe_order(const char *dir) {
     char path[4096], vpath[4096], mpath[4096];
     snprintf(vpath, sizeof vpath, "%s/v.json", dir);

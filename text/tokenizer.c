@@ -1062,9 +1062,13 @@ static void sink_put(id_sink *out, int32_t id) {
     out->count++;
 }
 
-/* BPE over the bytes of one piece. Semantics of transformers' GPT2Tokenizer.bpe: take the pair
- * with the lowest merge rank, merge all its occurrences left to right, repeat. A heap keyed on
- * (rank, position) finds them in O(n log n): a long run of letters costs no more than its size. */
+/* BPE over the bytes of one piece. Semantics of spec §7 and transformers' Python
+ * GPT2Tokenizer.bpe: take the pair with the lowest merge rank, merge all its occurrences left to
+ * right, repeat. A heap keyed on (rank, position) finds them in O(n log n): a long run of letters
+ * costs no more than its size. Pairs made by a merge wait until that rank is done (the
+ * "pending" list); HF tokenizers' Rust BPE queues them at once, which differs only for merges
+ * files where a merge ranks before a merge that makes one of its parts (never in trained files
+ * such as GPT-2's; test_bpe_order shows such a case). */
 static int bpe_piece(const xcap_tokenizer *t, const uint8_t *p, size_t n, bpe_work *w, id_sink *out,
                      char *err, size_t errlen) {
     for (size_t k = 0; k < n; k++)
