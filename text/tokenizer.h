@@ -10,8 +10,14 @@
  * read it), then BPE with the merge ranks of merges.txt. Input that is not valid UTF-8 is still
  * encoded: each byte that does not start a well-formed UTF-8 sequence counts as one character
  * of the "other" class (like punctuation), so the tokens' bytes give back the input exactly
- * (tokenizer_decode_bytes(encode(bytes)) == bytes for any bytes; tokenizer_decode, which returns
- * text, replaces what is not UTF-8 with U+FFFD as transformers does). */
+ * (tokenizer_decode_bytes(encode(bytes)) == bytes for any bytes, unless tokenizer_config.json
+ * sets add_prefix_space; tokenizer_decode, which returns text, replaces what is not UTF-8 with
+ * U+FFFD as transformers does).
+ *
+ * Where references differ, xcap follows spec §7 and transformers >= 5.7: BPE merges
+ * every occurrence of the best pair before pairs made by it compete (identical to HF tokenizers
+ * and tiktoken for trained merges files such as GPT-2's); \s is White_Space, not JavaScript's
+ * \s; letters and numbers come from Unicode 17.0 (see text/unicode_tables.c). */
 #ifndef XCAP_TEXT_TOKENIZER_H
 #define XCAP_TEXT_TOKENIZER_H
 
