@@ -20,6 +20,7 @@
  * This file belongs to the command-line layer: it is linked without the xcap library, so it
  * formats its own messages and reads its own files. */
 #include "cmd/image.h"
+#include "nn/common.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -44,19 +45,6 @@ typedef enum { IMG_UNKNOWN, IMG_PNG, IMG_JPEG, IMG_GIF, IMG_BMP, IMG_PSD, IMG_PN
 static const char *format_name(image_format f) {
     static const char *names[] = {"image", "PNG", "JPEG", "GIF", "BMP", "PSD", "PNM", "TGA"};
     return names[f];
-}
-
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
-    if (err && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
 }
 
 static const char *stb_reason(void) {
@@ -103,10 +91,10 @@ static const char *unsupported_format(const uint8_t *d, size_t n) {
 static int check_dimensions(const char *name, image_format fmt, long long w, long long h,
                             char *err, size_t errlen) {
     if (w < 1 || h < 1)
-        return fail(err, errlen, XCAP_ERR_FORMAT, "%s: %s header gives an empty size %lldx%lld",
+        return xcap_fail(err, errlen, XCAP_ERR_FORMAT, "%s: %s header gives an empty size %lldx%lld",
                     name, format_name(fmt), w, h);
     if (w > IMAGE_MAX_SIDE || h > IMAGE_MAX_SIDE || w * h > (long long)IMAGE_MAX_PIXELS)
-        return fail(err, errlen, XCAP_ERR_UNSUPPORTED,
+        return xcap_fail(err, errlen, XCAP_ERR_UNSUPPORTED,
                     "%s: %s image is %lldx%lld, larger than xcap accepts (%d pixels per side, "
                     "%u pixels in all)",
                     name, format_name(fmt), w, h, IMAGE_MAX_SIDE, IMAGE_MAX_PIXELS);
@@ -145,7 +133,7 @@ static int header_dimensions(image_format fmt, const uint8_t *d, size_t n, long 
 
 static int truncated(const char *name, image_format fmt, size_t have, unsigned long long need,
                      char *err, size_t errlen) {
-    return fail(err, errlen, XCAP_ERR_FORMAT,
+    return xcap_fail(err, errlen, XCAP_ERR_FORMAT,
                 "%s: %s file is truncated (%zu bytes, the header needs %llu)", name,
                 format_name(fmt), have, need);
 }
@@ -469,7 +457,7 @@ static int take_stb_rgb(stbi_uc *pixels, int w, int h, uint8_t **rgb, const char
     *rgb = malloc(bytes);
     if (!*rgb) {
         stbi_image_free(pixels);
-        return fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory for %dx%d pixels", name, w, h);
+        return xcap_fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory for %dx%d pixels", name, w, h);
     }
     memcpy(*rgb, pixels, bytes);
     stbi_image_free(pixels);
@@ -486,7 +474,7 @@ static int decode_png_grey16(const uint8_t *d, size_t n, uint8_t **rgb, int *w, 
     *rgb = malloc(count * 3);
     if (!*rgb) {
         stbi_image_free(grey);
-        return fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory", name);
+        return xcap_fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory", name);
     }
     for (size_t i = 0; i < count; i++) {
         uint8_t v = grey[i] > 255 ? 255 : (uint8_t)grey[i];
@@ -551,11 +539,11 @@ static int load_png(const uint8_t *d, size_t n, const char *name, uint8_t **rgb,
         rc = decode_png_once(fixed, fixed_n, grey16, rgb, w, h, name, err, errlen);
         free(fixed);
         if (rc != XCAP_ERR_FORMAT) return rc;
-        return fail(err, errlen, XCAP_ERR_FORMAT,
+        return xcap_fail(err, errlen, XCAP_ERR_FORMAT,
                     "%s: PNG file is truncated (%zu bytes, pixel data incomplete; stb_image: %s)",
                     name, n, first_reason);
     }
-    return fail(err, errlen, XCAP_ERR_FORMAT, "%s: PNG data is corrupt (stb_image: %s)", name,
+    return xcap_fail(err, errlen, XCAP_ERR_FORMAT, "%s: PNG data is corrupt (stb_image: %s)", name,
                 first_reason);
 }
 
@@ -563,7 +551,7 @@ static int load_gif(const uint8_t *d, size_t n, const char *name, uint8_t **rgb,
                     char *err, size_t errlen) {
     gif_first_frame frame;
     uint8_t *patched = malloc(n);
-    if (!patched) return fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory", name);
+    if (!patched) return xcap_fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory", name);
     memcpy(patched, d, n);
     int rc = parse_gif(d, n, patched, name, &frame, err, errlen);
     int comp;
@@ -571,13 +559,13 @@ static int load_gif(const uint8_t *d, size_t n, const char *name, uint8_t **rgb,
     free(patched);
     if (rc) return rc;
     if (!rgba)
-        return fail(err, errlen, XCAP_ERR_FORMAT, "%s: GIF data is corrupt (stb_image: %s)", name,
+        return xcap_fail(err, errlen, XCAP_ERR_FORMAT, "%s: GIF data is corrupt (stb_image: %s)", name,
                     stb_reason());
     size_t count = (size_t)*w * *h;
     *rgb = malloc(count * 3);
     if (!*rgb) {
         stbi_image_free(rgba);
-        return fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory", name);
+        return xcap_fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory", name);
     }
     /* Pillow's first frame is palette indices; pixels the frame does not cover hold the
      * transparent index if there is one, else 0. */
@@ -601,7 +589,7 @@ static int load_gif(const uint8_t *d, size_t n, const char *name, uint8_t **rgb,
     if (missing) {
         free(*rgb);
         *rgb = NULL;
-        return fail(err, errlen, XCAP_ERR_FORMAT,
+        return xcap_fail(err, errlen, XCAP_ERR_FORMAT,
                     "%s: GIF file is truncated (%zu bytes; %zu pixels of the first frame are "
                     "missing)",
                     name, n, missing);
@@ -640,12 +628,12 @@ static int load_pnm(const uint8_t *d, size_t n, const char *name, uint8_t **rgb,
     long long width, height, maxval;
     if (!pnm_token(d, n, &pos, &width) || !pnm_token(d, n, &pos, &height) ||
         !pnm_token(d, n, &pos, &maxval) || pos >= n)
-        return fail(err, errlen, XCAP_ERR_FORMAT,
+        return xcap_fail(err, errlen, XCAP_ERR_FORMAT,
                     "%s: PNM header is truncated or corrupt (expected width, height, maxval)",
                     name);
     pos++; /* the single white-space byte before the samples */
     if (maxval < 1 || maxval > 65535)
-        return fail(err, errlen, XCAP_ERR_FORMAT, "%s: PNM maxval %lld is outside 1..65535",
+        return xcap_fail(err, errlen, XCAP_ERR_FORMAT, "%s: PNM maxval %lld is outside 1..65535",
                     name, maxval);
     int rc = check_dimensions(name, IMG_PNM, width, height, err, errlen);
     if (rc) return rc;
@@ -654,7 +642,7 @@ static int load_pnm(const uint8_t *d, size_t n, const char *name, uint8_t **rgb,
     unsigned long long need = pos + (unsigned long long)count * channels * sample_bytes;
     if (n < need) return truncated(name, IMG_PNM, n, need, err, errlen);
     *rgb = malloc(count * 3);
-    if (!*rgb) return fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory", name);
+    if (!*rgb) return xcap_fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory", name);
     const uint8_t *s = d + pos;
     /* Grey with maxval > 255 keeps 16-bit range (then clips); everything else maps to 255. */
     int grey_wide = channels == 1 && maxval > 255;
@@ -683,14 +671,14 @@ int image_load_memory(const uint8_t *data, size_t size, const char *name, uint8_
     *rgb = NULL;
     *width = *height = 0;
     if (!name) name = "(memory)";
-    if (!data && size) return fail(err, errlen, XCAP_ERR_ARG, "%s: NULL data", name);
-    if (size == 0) return fail(err, errlen, XCAP_ERR_FORMAT, "%s: empty file (0 bytes)", name);
+    if (!data && size) return xcap_fail(err, errlen, XCAP_ERR_ARG, "%s: NULL data", name);
+    if (size == 0) return xcap_fail(err, errlen, XCAP_ERR_FORMAT, "%s: empty file (0 bytes)", name);
     if (size > IMAGE_MAX_FILE_BYTES)
-        return fail(err, errlen, XCAP_ERR_UNSUPPORTED, "%s: file too large (%zu bytes)", name,
+        return xcap_fail(err, errlen, XCAP_ERR_UNSUPPORTED, "%s: file too large (%zu bytes)", name,
                     size);
     const char *other = unsupported_format(data, size);
     if (other)
-        return fail(err, errlen, XCAP_ERR_UNSUPPORTED,
+        return xcap_fail(err, errlen, XCAP_ERR_UNSUPPORTED,
                     "%s: %s images are not supported (xcap reads " SUPPORTED_FORMATS ")", name,
                     other);
     image_format fmt = sniff(data, size);
@@ -705,10 +693,10 @@ int image_load_memory(const uint8_t *data, size_t size, const char *name, uint8_
             return rc;
         if (!stbi_info_from_memory(data, (int)size, &w_info, &h_info, &comp)) {
             if (fmt == IMG_TGA)
-                return fail(err, errlen, XCAP_ERR_FORMAT,
+                return xcap_fail(err, errlen, XCAP_ERR_FORMAT,
                             "%s: not an image in a supported format (" SUPPORTED_FORMATS ")",
                             name);
-            return fail(err, errlen, XCAP_ERR_FORMAT,
+            return xcap_fail(err, errlen, XCAP_ERR_FORMAT,
                         "%s: %s header is truncated or corrupt (stb_image: %s)", name,
                         format_name(fmt), stb_reason());
         }
@@ -732,13 +720,13 @@ int image_load_memory(const uint8_t *data, size_t size, const char *name, uint8_
             int oom = 0;
             if (fmt == IMG_PSD) {
                 rgb_only = psd_rgb_only(data, size, psd_image_data, &src_n, &oom);
-                if (oom) return fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory", name);
+                if (oom) return xcap_fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory", name);
                 if (rgb_only) src = rgb_only;
             }
             stbi_uc *px = stbi_load_from_memory(src, (int)src_n, &w, &h, &comp, 3);
             free(rgb_only);
             if (!px)
-                return fail(err, errlen, XCAP_ERR_FORMAT,
+                return xcap_fail(err, errlen, XCAP_ERR_FORMAT,
                             "%s: %s data is truncated or corrupt (stb_image: %s)", name,
                             format_name(fmt), stb_reason());
             rc = take_stb_rgb(px, w, h, rgb, name, err, errlen);
@@ -748,7 +736,7 @@ int image_load_memory(const uint8_t *data, size_t size, const char *name, uint8_
         if (rc == XCAP_OK && (w != w_info || h != h_info)) {
             free(*rgb);
             *rgb = NULL;
-            return fail(err, errlen, XCAP_ERR_FORMAT,
+            return xcap_fail(err, errlen, XCAP_ERR_FORMAT,
                         "%s: %s decoded to %dx%d but its header says %dx%d", name,
                         format_name(fmt), w, h, w_info, h_info);
         }
@@ -760,7 +748,7 @@ int image_load_memory(const uint8_t *data, size_t size, const char *name, uint8_
     if (apply_orientation(rgb, &w, &h, orientation) != XCAP_OK) {
         free(*rgb);
         *rgb = NULL;
-        return fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory", name);
+        return xcap_fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory", name);
     }
     *width = w, *height = h;
     return XCAP_OK;
@@ -771,7 +759,7 @@ int image_load_file(const char *path, uint8_t **rgb, int *width, int *height, ch
     *rgb = NULL;
     *width = *height = 0;
     FILE *f = fopen(path, "rb");
-    if (!f) return fail(err, errlen, XCAP_ERR_IO, "%s: %s", path, strerror(errno));
+    if (!f) return xcap_fail(err, errlen, XCAP_ERR_IO, "%s: %s", path, strerror(errno));
     size_t cap = 1 << 16, len = 0;
     uint8_t *buf = malloc(cap);
     int rc = XCAP_OK;
@@ -779,7 +767,7 @@ int image_load_file(const char *path, uint8_t **rgb, int *width, int *height, ch
         len += fread(buf + len, 1, cap - len, f);
         if (len < cap) break;
         if (cap > IMAGE_MAX_FILE_BYTES) {
-            rc = fail(err, errlen, XCAP_ERR_UNSUPPORTED, "%s: file too large (over %zu bytes)",
+            rc = xcap_fail(err, errlen, XCAP_ERR_UNSUPPORTED, "%s: file too large (over %zu bytes)",
                       path, IMAGE_MAX_FILE_BYTES);
             break;
         }
@@ -788,8 +776,8 @@ int image_load_file(const char *path, uint8_t **rgb, int *width, int *height, ch
         buf = bigger;
         cap *= 2;
     }
-    if (!rc && !buf) rc = fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory reading the file", path);
-    if (!rc && ferror(f)) rc = fail(err, errlen, XCAP_ERR_IO, "%s: read error: %s", path, strerror(errno));
+    if (!rc && !buf) rc = xcap_fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory reading the file", path);
+    if (!rc && ferror(f)) rc = xcap_fail(err, errlen, XCAP_ERR_IO, "%s: read error: %s", path, strerror(errno));
     fclose(f);
     if (!rc) rc = image_load_memory(buf, len, path, rgb, width, height, err, errlen);
     free(buf);
