@@ -30,19 +30,10 @@ IMAGES_DIR = os.path.join(FIXTURES, "images")
 MODELS_DIR = os.path.join(FIXTURES, "models")
 GOLDENS_DIR = os.path.join(FIXTURES, "goldens")
 
-# model -> (images with per-stage .npy dumps, images in decode.json (None = all),
-#           greedy steps kept in greedy_logits.npy (None = all))
-GOLDEN_MODELS = {
-    "tiny": (["gradient_32x32.png", "circles_200x150.png", "rgba_40x24.png"], None, None),
-    "tiny-bf16": (["gradient_32x32.png", "circles_200x150.png", "rgba_40x24.png"],
-                  make_fixtures.OTHER_MODEL_IMAGES, None),
-    "wide": (["gradient_48x48.png", "tall_13x71.png", "palette_50x50.png"],
-             make_fixtures.OTHER_MODEL_IMAGES, None),
-    # V = 50 257: a full [steps, V] float32 dump is 200 KB per step, so only the first step's
-    # logits are kept (decode.json still checks whole token sequences).
-    "gpt2vocab": (["checker_64x64.png", "grey_60x45.png", "tiny_5x3.png"],
-                  make_fixtures.GPT2VOCAB_IMAGES, 1),
-}
+# model -> greedy steps kept in greedy_logits.npy (None = all). With V = 50 257 a [steps, V]
+# float32 dump costs 200 KB per step, so gpt2vocab keeps the first step only (decode.json
+# still checks whole token sequences).
+GOLDEN_MODELS = {"tiny": None, "tiny-bf16": None, "wide": None, "gpt2vocab": 1}
 # Checkpoints that must reproduce another model's goldens exactly (same weight values).
 SHARED_GOLDENS = {"tiny-f16": "tiny", "tiny-lmhead": "tiny", "tiny-nowte": "tiny",
                   "tiny-tokjson": "tiny"}
@@ -169,7 +160,9 @@ def main():
     image_paths = write_images()
     by_name = {os.path.basename(p): p for p in image_paths}
     summary = {}
-    for name, (dump_images, decode_images, logit_steps) in GOLDEN_MODELS.items():
+    for name, logit_steps in GOLDEN_MODELS.items():
+        dump_images = make_fixtures.DUMP_IMAGES[name]
+        decode_images = make_fixtures.DECODE_IMAGES[name]
         model, proc, tok, base = load_model(name)
         out = os.path.join(GOLDENS_DIR, name)
         if os.path.isdir(out):
@@ -192,7 +185,7 @@ def main():
         cases, _ = decode_cases(model, proc, tok, base, image_paths)
         if cases != tiny_cases["cases"]:
             raise RuntimeError(f"{name} does not reproduce {target}'s decode goldens")
-        for image in GOLDEN_MODELS[target][0]:
+        for image in make_fixtures.DUMP_IMAGES[target]:
             stem = os.path.splitext(image)[0]
             check_dir = os.path.join(GOLDENS_DIR, "_check")
             stage_dumps(model, proc, base, by_name[image], check_dir, None)
