@@ -692,6 +692,9 @@ class VisionEncoderDecoder(nn.Module):
             # a shared tensor is stored once: either name may be the one present (§2)
             if wte not in state and head in state:
                 state[wte] = state[head]
+            elif head in state and not torch.equal(state[head], state[wte]):
+                warnings.append(f"{path}: {head} differs from {wte} although the config ties "
+                                f"them; {wte} is used")
             state.pop(head, None)
             expected.pop(head)
         missing = [k for k in expected if k not in state]

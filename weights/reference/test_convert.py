@@ -8,7 +8,6 @@ embedding's storage, old causal-mask buffers), converts it, and checks the resul
 fixture's own model.safetensors.
 """
 
-import json
 import os
 import shutil
 import subprocess

@@ -35,7 +35,6 @@ from PIL import Image
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import bpe_tokenizer  # noqa: E402
 import fixture_images  # noqa: E402
 import generate  # noqa: E402
 import hf_vit_gpt2 as ref  # noqa: E402
@@ -143,7 +142,7 @@ class ResizeTest(unittest.TestCase):
         for name, data in fixture_images.build_images().items():
             image = Image.open(io.BytesIO(data)).convert("RGB")
             rgb = np.asarray(image)
-            for w, h, resample in make_goldens.RESIZE_CHECKS + [(5, 3, 2), (300, 2, 3), (1, 1, 2)]:
+            for w, h, resample in make_goldens.RESIZE_CHECKS + [(5, 3, 2), (300, 2, 3), (1, 1, 2), (224, 224, 2)]:
                 want = np.asarray(image.resize((w, h), resample=resample))
                 got = np_resize(rgb, w, h, resample)
                 self.assertTrue(np.array_equal(want, got), f"{name} -> {w}x{h} filter {resample}")
