@@ -19,14 +19,14 @@
 #define TOL 1e-4f
 
 static char *golden(const char *gdir, const char *name) {
-    static char path[1024];
+    static char path[2100];
     snprintf(path, sizeof path, "%s/%s", gdir, name);
     return path;
 }
 
 static void check_image(const xcap_model *m, const char *model_name, const char *gdir, const char *image_path) {
     const xcap_config *c = &m->cfg;
-    char err[512], what[256];
+    char err[512], what[2400];
     uint8_t *rgb;
     int w, h;
     if (image_load_file(image_path, &rgb, &w, &h, err, sizeof err) != 0) {
@@ -157,7 +157,7 @@ static void check_model(const char *model_name, const char *golden_model) {
 int main(void) {
     nn_set_threads(2);
     check_model("tiny", "tiny");
-    check_model("tiny-f16", "tiny-f16");
+    check_model("tiny-f16", "tiny"); /* tiny's weights are exact in F16 */
     check_model("tiny-bf16", "tiny-bf16");
     check_model("tiny-lmhead", "tiny");
     check_model("tiny-nowte", "tiny");
