@@ -124,9 +124,17 @@ static void test_generation_priority(void) {
                "{\"num_beams\": 4, \"early_stopping\": \"never\", \"eos_token_id\": [9, 11], \"max_new_tokens\": 5}");
     CHECK(config_load(dir, &c, err, sizeof err) == 0, "load: %s", err);
     CHECK(config_generation_params(dir, &c, &p, err, sizeof err) == 0, "generation params: %s", err);
-    CHECK(p.num_beams == 4 && p.max_length == 16 && p.max_new_tokens == 5 && p.early_stopping == XCAP_EARLY_STOP_NEVER,
+    CHECK(p.num_beams == 4 && p.max_new_tokens == 5 && p.early_stopping == XCAP_EARLY_STOP_NEVER,
           "generation_config wins: beams %d", p.num_beams);
+    /* ... alone: config.json's keys are not merged in (transformers' from_pretrained) */
+    CHECK(p.max_length == 20 && p.length_penalty == 1.0f, "config.json keys merged into generation_config.json's: %d %g",
+          p.max_length, p.length_penalty);
     CHECK(c.n_eos == 2 && c.eos_ids[1] == 11, "list of eos ids");
+    write_file("generation_config.json", "{\"num_beams\": 2}");
+    CHECK(config_load(dir, &c, err, sizeof err) == 0, "load: %s", err);
+    CHECK(config_generation_params(dir, &c, &p, err, sizeof err) == 0, "generation params: %s", err);
+    CHECK(p.max_length == 20 && p.max_new_tokens == 20, "default length 20 means 20 new tokens: %d %d", p.max_length,
+          p.max_new_tokens);
     write_file("generation_config.json", "{\"early_stopping\": \"sometimes\"}");
     CHECK(config_load(dir, &c, err, sizeof err) == 0, "load: %s", err);
     int rc = config_generation_params(dir, &c, &p, err, sizeof err);

@@ -259,27 +259,36 @@ static int apply_generation_keys(const ctx *c, const cJSON *obj, xcap_config *cf
 int config_generation_params(const char *dir, xcap_config *cfg, xcap_params *params, char *err, size_t errlen) {
     *params = xcap_default_params();
     char path[4096];
-    int rc = xcap_join_path(path, sizeof path, dir, "config.json", err, errlen);
+    int rc = xcap_join_path(path, sizeof path, dir, "generation_config.json", err, errlen);
     if (rc) return rc;
     cJSON *root;
-    if ((rc = parse_json_file(path, &root, err, errlen))) return rc;
-    /* Decoder sub-config first so that the top level wins (spec §6). The decoder's own token ids
-     * were already resolved by config_load, so keep the resolved ones. */
-    xcap_config keep = *cfg;
-    const cJSON *dec = cJSON_GetObjectItemCaseSensitive(root, "decoder");
-    ctx cd = {path, "decoder.", err, errlen}, ct = {path, "", err, errlen};
-    if (cJSON_IsObject(dec)) rc = apply_generation_keys(&cd, dec, cfg, params);
-    *cfg = keep;
-    if (!rc) rc = apply_generation_keys(&ct, root, cfg, params);
-    cJSON_Delete(root);
-    if (rc) return rc;
-    if ((rc = xcap_join_path(path, sizeof path, dir, "generation_config.json", err, errlen))) return rc;
     FILE *probe = fopen(path, "rb");
-    if (!probe) return XCAP_OK; /* optional */
-    fclose(probe);
-    if ((rc = parse_json_file(path, &root, err, errlen))) return rc;
-    ctx cg = {path, "", err, errlen};
-    rc = apply_generation_keys(&cg, root, cfg, params);
-    cJSON_Delete(root);
-    return rc;
+    if (probe) {
+        /* transformers' from_pretrained uses generation_config.json alone when it exists
+         * (GenerationConfig.from_pretrained); config.json's keys are not merged in. Token ids
+         * it lacks keep the values config_load resolved. */
+        fclose(probe);
+        if ((rc = parse_json_file(path, &root, err, errlen))) return rc;
+        ctx cg = {path, "", err, errlen};
+        rc = apply_generation_keys(&cg, root, cfg, params);
+        cJSON_Delete(root);
+    } else {
+        /* No generation_config.json: GenerationConfig.from_model_config takes the legacy keys
+         * of config.json, the decoder sub-config's where the top level leaves them unset. */
+        if ((rc = xcap_join_path(path, sizeof path, dir, "config.json", err, errlen))) return rc;
+        if ((rc = parse_json_file(path, &root, err, errlen))) return rc;
+        xcap_config keep = *cfg; /* token ids were resolved by config_load */
+        const cJSON *dec = cJSON_GetObjectItemCaseSensitive(root, "decoder");
+        ctx cd = {path, "decoder.", err, errlen}, ct = {path, "", err, errlen};
+        if (cJSON_IsObject(dec)) rc = apply_generation_keys(&cd, dec, cfg, params);
+        *cfg = keep;
+        if (!rc) rc = apply_generation_keys(&ct, root, cfg, params);
+        cJSON_Delete(root);
+    }
+    if (rc) return rc;
+    /* transformers' _prepare_generated_length: when the caller passes no length and the
+     * resolved max_length is the library default 20, it generates 20 new tokens. */
+    if (params->max_new_tokens == 0 && params->max_length == xcap_default_params().max_length)
+        params->max_new_tokens = params->max_length;
+    return XCAP_OK;
 }
