@@ -114,6 +114,8 @@ def parse_args(argv=None):
     o.add_argument("--log-seconds", type=float, default=30.0)
     o.add_argument("--no-eval", action="store_true", help="skip validation (throughput runs)")
     args = ap.parse_args(argv)
+    if args.export_only and not args.export:
+        ap.error("--export-only needs --export DIR")
     if not args.export_only and (args.minutes is None) == (args.steps is None):
         ap.error("give exactly one of --minutes and --steps")
     if args.image_size % args.patch:
