@@ -48,6 +48,7 @@ typedef struct {
     int no_repeat_ngram_size;  /* 0 = off */
     int num_return_sequences;  /* n-best: how many finished beams to return (<= num_beams) */
     uint64_t seed;             /* sampling seed: same seed and settings, same caption */
+    int output_attentions;     /* fill the attention maps of xcap_result (transformers' name) */
 } xcap_params;
 
 /* transformers' defaults (max_length 20, greedy, ...). A model's generation_config.json
@@ -95,11 +96,19 @@ typedef struct {
     float sum_logprob; /* sum of the chosen tokens' log-probabilities */
     float score;       /* beam search: sum_logprob / n_tokens^length_penalty; else sum_logprob */
     char *text;        /* decoded, special tokens skipped, UTF-8 */
+    /* With params.output_attentions: the decoder's cross-attention probabilities for each
+     * generated token, [n_tokens][dec_layers][dec_heads][n_memory] (memory = CLS + patches in
+     * the encoder's order). Row t is the softmax of the query that chose token t; for beam
+     * search it follows this hypothesis through the beam history. NULL otherwise. */
+    float *cross_attention;
 } xcap_hypothesis;
 
 typedef struct {
     xcap_hypothesis *hyps; /* best first; hyps[0] is the caption */
     int n_hyps;
+    /* With params.output_attentions: the encoder's self-attention probabilities,
+     * [enc_layers][enc_heads][n_memory][n_memory] (for attention rollout). NULL otherwise. */
+    float *encoder_attention;
 } xcap_result;
 
 /* Captions an RGB image (8-bit, interleaved, row-major, width*height*3 bytes, any size: it is

@@ -46,7 +46,7 @@ static void check_image(const xcap_model *m, const char *model_name, const char 
     float **layers = calloc(L ? L : 1, sizeof *layers);
     for (int i = 0; i < L; i++) layers[i] = malloc((size_t)M * D * sizeof(float));
     float *enc = malloc((size_t)M * D * sizeof *enc), *memory = malloc((size_t)M * E * sizeof *memory);
-    vit_forward(m, &vr, pixels, enc, layers);
+    vit_forward(m, &vr, pixels, enc, layers, NULL);
     snprintf(what, sizeof what, "%s %s patch_embeddings", model_name, image_path);
     check_close_npy(what, vr.patch_embed, (size_t)vr.n_patches * D, golden(gdir, "patch_embeddings.npy"), TOL);
     for (int i = 0; i < L; i++) {

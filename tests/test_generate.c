@@ -829,7 +829,7 @@ static void expect_error(const xcap_params *p, int n_positions, int want_rc, con
     hand_build(NULL, 0);
     xcap_decoder_ops ops = toy_ops(&t);
     const int32_t eos = HAND_EOS;
-    xcap_result r = {(xcap_hypothesis *)&r, 99};
+    xcap_result r = {(xcap_hypothesis *)&r, 99, NULL};
     char err[256] = "";
     int rc = xcap_generate(&ops, p, HAND_START, &eos, 1, n_positions, &r, err, sizeof err);
     CHECK(rc == want_rc && strstr(err, needle) != NULL, "%s: rc %d (want %d), message \"%s\" (want \"%s\")", what,

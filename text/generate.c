@@ -744,8 +744,7 @@ int xcap_generate_traced(const xcap_decoder_ops *ops, const xcap_params *p, int3
                          const int32_t *eos_ids, int n_eos, int max_positions, xcap_result *result,
                          xcap_gen_trace *trace, char *err, size_t errlen) {
     if (!result) return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: no result to fill");
-    result->hyps = NULL;
-    result->n_hyps = 0;
+    memset(result, 0, sizeof *result);
     if (trace) memset(trace, 0, sizeof *trace);
     gen_setup g;
     int rc = check_params(ops, p, start_token, eos_ids, n_eos, max_positions, &g, err, errlen);

@@ -79,7 +79,8 @@ static void vit_layer(const xcap_config *c, const vit_layer_weights *w, vit_run 
     add_inplace(r->x, r->xn, (size_t)M * D);
 }
 
-void vit_forward(const xcap_model *m, vit_run *r, const float *pixels, float *out, float *const *layer_out) {
+void vit_forward(const xcap_model *m, vit_run *r, const float *pixels, float *out, float *const *layer_out,
+                 float *attn_out) {
     const xcap_config *c = &m->cfg;
     const vit_weights *w = &m->enc;
     int P = c->patch_size, D = c->enc_hidden, n = r->n_patches, M = r->n_tokens;
@@ -95,6 +96,10 @@ void vit_forward(const xcap_model *m, vit_run *r, const float *pixels, float *ou
     for (int i = 0; i < c->enc_layers; i++) {
         vit_layer(c, &w->layers[i], r);
         if (layer_out && layer_out[i]) memcpy(layer_out[i], r->x, (size_t)M * D * sizeof *r->x);
+        if (attn_out) {
+            size_t n = (size_t)c->enc_heads * M * M;
+            memcpy(attn_out + i * n, r->probs, n * sizeof *attn_out);
+        }
     }
     layernorm(out, r->x, w->ln_w, w->ln_b, M, D, c->enc_eps);
 }

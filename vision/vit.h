@@ -21,7 +21,9 @@ int vit_run_init(vit_run *r, const xcap_config *c, char *err, size_t errlen);
 void vit_run_free(vit_run *r);
 
 /* Runs the encoder; writes the final-layernormed tokens to out [M, D]. When layer_out is not
- * NULL, layer_out[i] (if not NULL) receives layer i's output [M, D] (for tests and tools). */
-void vit_forward(const xcap_model *m, vit_run *r, const float *pixels, float *out, float *const *layer_out);
+ * NULL, layer_out[i] (if not NULL) receives layer i's output [M, D] (for tests and tools); when
+ * attn_out is not NULL it receives every layer's self-attention probabilities [L][H][M][M]. */
+void vit_forward(const xcap_model *m, vit_run *r, const float *pixels, float *out, float *const *layer_out,
+                 float *attn_out);
 
 #endif

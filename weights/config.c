@@ -222,6 +222,7 @@ xcap_params xcap_default_params(void) {
         .no_repeat_ngram_size = 0,
         .num_return_sequences = 1,
         .seed = 0,
+        .output_attentions = 0,
     };
     return p;
 }
