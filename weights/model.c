@@ -54,7 +54,7 @@ static int as_f32(loader *L, st_tensor *t, const float **out) {
     return XCAP_OK;
 }
 
-/* Checks a tensor's shape against the config. Returns NULL through *found when absent. */
+/* Checks a tensor's shape against the one the config implies; the error names both. */
 static int check_shape(loader *L, st_tensor *t, int ndim, const int64_t *shape) {
     int same = t->ndim == ndim;
     for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
