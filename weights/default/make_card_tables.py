@@ -6,7 +6,8 @@
 
 --curve    the learning curve (curve.tsv of train.py; a missing training loss is taken from the
            log.jsonl beside it: the last logged loss at or before that many samples)
---results  the results tables of weights/eval.py, one row per summary.json given
+--results  the results tables of weights/eval.py, one row per summary.json given, and the
+           issue's acceptance criteria measured on them
 --files    every file of the model folder with its size in bytes and SHA-256: the manifest that
            tests/test_default_model.sh checks
 --fill     write the tables into MODEL_CARD.md between its `<!-- BEGIN name -->` and
@@ -32,24 +33,20 @@ CARD = os.path.join(HERE, "MODEL_CARD.md")
 NOT_MODEL = {"MODEL_CARD.md", "README.md", "make_card_tables.py"}
 
 
-def logged_losses(curve_path):
-    """(samples, loss) of every training-loss line of the log.jsonl beside curve.tsv."""
+def training_log(curve_path):
+    """The records of the log.jsonl beside curve.tsv (empty when there is none)."""
     path = os.path.join(os.path.dirname(os.path.abspath(curve_path)), "log.jsonl")
     if not os.path.exists(path):
         return []
-    out = []
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            if r.get("loss") is not None:
-                out.append((r["samples"], r["loss"]))
-    return out
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def curve_table(path):
     with open(path, encoding="utf-8") as f:
         header, *rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
-    losses = logged_losses(path)
+    log = training_log(path)
+    losses = [(r["samples"], r["loss"]) for r in log if r.get("loss") is not None]
 
     def number(v):
         return None if v in ("None", "") else float(v)
@@ -70,6 +67,10 @@ def curve_table(path):
                      f"{'–' if loss is None else f'{loss:.4f}'} | {pct(r['val_exact'])} | "
                      f"{pct(r['val_1obj'])} | {pct(r['val_2obj'])} | {pct(r['val_3obj'])} | "
                      f"{pct(r['heldout_exact'])} |")
+    if log:
+        last = log[-1]
+        lines.append(f"\nThe run: {last['step']:,} optimizer steps, {last['samples']:,} scenes "
+                     f"seen (each once), {last['minutes']:.1f} minutes of wall time.")
     return "\n".join(lines) + "\n"
 
 
@@ -82,6 +83,43 @@ def results_tables(paths):
     if len(models) > 1:
         sys.exit(f"--results: the summaries come from {len(models)} different models")
     return evaluation.markdown_tables(summaries) + "\n" + evaluation.SLOT_RULES + "\n"
+
+
+def acceptance_table(paths):
+    """Issue 5's acceptance criteria against the evaluation summaries (in-distribution and
+    held-out; C-vs-PyTorch agreement pooled over all their scenes)."""
+    summaries = []
+    for p in paths:
+        with open(p, encoding="utf-8") as f:
+            summaries.append(json.load(f))
+
+    def exact(split, least, scenes):
+        found = [s for s in summaries if s["split"] == split and not s.get("emoji_dir")]
+        if not found:
+            return "not evaluated", "–"
+        e = found[0]["overall"]["exact"]
+        if e["n"] < scenes:
+            return evaluation.pct(e, with_n=True), f"not decided: fewer than {scenes} scenes"
+        return evaluation.pct(e, with_n=True), "yes" if e["rate"] >= least else "**no**"
+
+    agree = [s["c_vs_torch"]["same_caption"] for s in summaries if s.get("c_vs_torch")]
+    rows = [("exact match, 1000 in-distribution scenes (C binary, default decoding)", "≥ 90%",
+             *exact("train", 0.90, 1000)),
+            ("exact match, 500 held-out-pair scenes", "≥ 80%", *exact("heldout", 0.80, 500))]
+    if agree:
+        pooled = {"n": sum(a["n"] for a in agree), "hits": sum(a["hits"] for a in agree)}
+        pooled["rate"] = pooled["hits"] / pooled["n"]
+        if pooled["n"] < 1500:   # "those scenes": both evaluations above
+            verdict = "not decided: fewer than the 1500 scenes above"
+        else:
+            verdict = "yes" if pooled["rate"] >= 0.995 else "**no**"
+        rows.append(("C and PyTorch give the same caption, on the scenes above", "≥ 99.5%",
+                     evaluation.pct(pooled, with_n=True), verdict))
+    else:
+        rows.append(("C and PyTorch give the same caption", "≥ 99.5%", "not run (--torch)", "–"))
+    lines = ["| criterion | target | measured | met |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines) + "\n"
 
 
 def files_table(folder=HERE):
@@ -124,6 +162,7 @@ def main(argv=None):
         blocks["curve"] = curve_table(args.curve)
     if args.results:
         blocks["results"] = results_tables(args.results)
+        blocks["acceptance"] = acceptance_table(args.results)
     if args.files:
         blocks["files"] = files_table(os.path.dirname(os.path.abspath(args.card)))
     if not blocks:
