@@ -7,6 +7,7 @@
 #include "cmd/commands.h"
 #include "cmd/image.h"
 #include "cmd/options.h"
+#include "cmd/result_json.h"
 
 void caption_usage(FILE *out) {
     fprintf(out,
@@ -43,24 +44,6 @@ static uint8_t *read_stdin(size_t *size) {
     return buf;
 }
 
-static cJSON *hyp_json(const xcap_hypothesis *h, int with_caption) {
-    cJSON *o = cJSON_CreateObject();
-    if (with_caption) cJSON_AddStringToObject(o, "caption", h->text);
-    cJSON *ids = cJSON_AddArrayToObject(o, "tokens");
-    for (int i = 0; i < h->n_tokens; i++) cJSON_AddItemToArray(ids, cJSON_CreateNumber(h->tokens[i]));
-    cJSON_AddNumberToObject(o, "sum_logprob", h->sum_logprob);
-    cJSON_AddNumberToObject(o, "score", h->score);
-    return o;
-}
-
-/* The caption as printed: the decoded text with surrounding white space stripped (spec §6). */
-static char *strip(char *s) {
-    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r') s++;
-    size_t n = strlen(s);
-    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\n' || s[n - 1] == '\r')) s[--n] = '\0';
-    return s;
-}
-
 static void print_json_line(cJSON *o) {
     char *s = cJSON_PrintUnformatted(o);
     if (s) {
@@ -70,28 +53,16 @@ static void print_json_line(cJSON *o) {
     cJSON_Delete(o);
 }
 
-static void report_result(const char *file, int several, const xcap_result *r, int json) {
+static void report_result(const char *file, int several, xcap_result *r, int json) {
     if (json) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "file", file);
-        cJSON_AddStringToObject(o, "caption", strip(r->hyps[0].text));
-        cJSON *ids = cJSON_AddArrayToObject(o, "tokens");
-        for (int i = 0; i < r->hyps[0].n_tokens; i++) cJSON_AddItemToArray(ids, cJSON_CreateNumber(r->hyps[0].tokens[i]));
-        cJSON_AddNumberToObject(o, "score", r->hyps[0].score);
-        cJSON_AddNumberToObject(o, "sum_logprob", r->hyps[0].sum_logprob);
-        if (r->n_hyps > 1) {
-            cJSON *nb = cJSON_AddArrayToObject(o, "n_best");
-            for (int i = 0; i < r->n_hyps; i++) {
-                cJSON *h = hyp_json(&r->hyps[i], 1);
-                cJSON_ReplaceItemInObject(h, "caption", cJSON_CreateString(strip(r->hyps[i].text)));
-                cJSON_AddItemToArray(nb, h);
-            }
-        }
+        result_json_add(o, r);
         print_json_line(o);
         return;
     }
     for (int i = 0; i < r->n_hyps; i++) {
-        const char *text = strip(r->hyps[i].text);
+        const char *text = caption_strip(r->hyps[i].text);
         if (r->n_hyps > 1) {
             if (several) printf("%s: ", file);
             printf("%d\t%.4f\t%s\n", i + 1, r->hyps[i].score, text);
