@@ -3,11 +3,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include "cmd/attention_out.h"
 #include "cmd/commands.h"
 #include "cmd/image.h"
 #include "cmd/options.h"
 #include "cmd/result_json.h"
+#include "nn/common.h"
 
 void caption_usage(FILE *out) {
     fprintf(out,
@@ -17,7 +21,13 @@ void caption_usage(FILE *out) {
             "Output:\n"
             "      --json               one JSON object per image: file, caption, tokens, score,\n"
             "                           sum_logprob, n_best (or file and error)\n"
-            "  -v, --verbose            print model warnings and per-image timing to stderr\n");
+            "  -v, --verbose            print model warnings and per-image timing to stderr\n"
+            "      --attention-dir DIR  also write each image's cross-attention maps, as 'xcap attend' does:\n"
+            "                           into DIR for one image; into DIR/NAME/ for several, NAME being the\n"
+            "                           file name without extension ('stdin' for '-'; -2, -3, ... added\n"
+            "                           when names repeat). An image whose maps cannot be written counts\n"
+            "                           as failed. --layer, --head and --fusion choose what is drawn:\n");
+    attention_print_help(out);
     options_print_help(out);
     fprintf(out, "\nExit codes: 0 all captioned, 1 some input failed (the others are still captioned),\n"
                  "2 usage error, 3 the model could not be loaded.\n");
@@ -42,6 +52,43 @@ static uint8_t *read_stdin(size_t *size) {
     }
     *size = len;
     return buf;
+}
+
+int load_input_image(const char *file, uint8_t **rgb, int *width, int *height, char *err, size_t errlen) {
+    if (strcmp(file, "-") != 0) return image_load_file(file, rgb, width, height, err, errlen);
+    size_t size = 0;
+    uint8_t *data = read_stdin(&size);
+    if (!data) {
+        *rgb = NULL;
+        snprintf(err, errlen, "<stdin>: cannot read standard input");
+        return XCAP_ERR_IO;
+    }
+    int rc = image_load_memory(data, size, "<stdin>", rgb, width, height, err, errlen);
+    free(data);
+    return rc;
+}
+
+/* DIR/NAME for one of several images: the file name without folders and extension, made
+ * unique among the names already given out (used[0..n_used)). */
+static char *attention_subdir(const char *dir, const char *file, char **used, int n_used) {
+    char stem[256];
+    const char *base = strrchr(file, '/');
+    base = base ? base + 1 : file;
+    if (!strcmp(file, "-")) base = "stdin";
+    snprintf(stem, sizeof stem, "%s", base);
+    char *dot = strrchr(stem, '.');
+    if (dot && dot != stem) *dot = '\0';
+    if (!stem[0] || !strcmp(stem, ".") || !strcmp(stem, "..")) snprintf(stem, sizeof stem, "image");
+    size_t len = strlen(dir) + strlen(stem) + 16;
+    char *path = malloc(len);
+    if (!path) return NULL;
+    for (int k = 1;; k++) {
+        if (k == 1) snprintf(path, len, "%s/%s", dir, stem);
+        else snprintf(path, len, "%s/%s-%d", dir, stem, k);
+        int taken = 0;
+        for (int j = 0; j < n_used && !taken; j++) taken = used[j] && !strcmp(used[j], path);
+        if (!taken) return path;
+    }
 }
 
 static void print_json_line(cJSON *o) {
@@ -88,7 +135,10 @@ int cmd_caption(int argc, char **argv) {
     cli_options opt;
     options_init(&opt);
     const char **files = calloc(argc > 0 ? argc : 1, sizeof *files);
-    int n_files = 0, only_files = 0;
+    int n_files = 0, only_files = 0, choice_given = 0;
+    const char *attention_dir = NULL;
+    attn_choice choice;
+    attn_choice_default(&choice);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (only_files || a[0] != '-' || !strcmp(a, "-")) {
@@ -104,7 +154,21 @@ int cmd_caption(int argc, char **argv) {
             free(files);
             return EXIT_ALL_OK;
         }
-        int r = options_parse_one(&opt, argc, argv, &i);
+        if (!strcmp(a, "--attention-dir") || !strncmp(a, "--attention-dir=", 16)) {
+            if (a[15] == '=') {
+                attention_dir = a + 16;
+            } else if (i + 1 < argc) {
+                attention_dir = argv[++i];
+            } else {
+                fprintf(stderr, "xcap: --attention-dir needs a value\n");
+                free(files);
+                return EXIT_USAGE;
+            }
+            continue;
+        }
+        int r = attention_parse_option(&choice, argc, argv, &i);
+        choice_given |= r > 0;
+        if (r == 0) r = options_parse_one(&opt, argc, argv, &i);
         if (r == 0) fprintf(stderr, "xcap caption: unknown option '%s' (see xcap caption --help)\n", a);
         if (r <= 0) {
             free(files);
@@ -113,6 +177,16 @@ int cmd_caption(int argc, char **argv) {
     }
     if (n_files == 0) {
         fprintf(stderr, "xcap caption: no image given (see xcap caption --help)\n");
+        free(files);
+        return EXIT_USAGE;
+    }
+    if (choice_given && !attention_dir) {
+        fprintf(stderr, "xcap caption: --layer, --head and --fusion need --attention-dir\n");
+        free(files);
+        return EXIT_USAGE;
+    }
+    if (attention_dir && !*attention_dir) {
+        fprintf(stderr, "xcap caption: --attention-dir: empty directory name\n");
         free(files);
         return EXIT_USAGE;
     }
@@ -134,11 +208,23 @@ int cmd_caption(int argc, char **argv) {
     }
     if (opt.verbose && *xcap_model_warnings(model)) fprintf(stderr, "%s", xcap_model_warnings(model));
     xcap_params params;
+    xcap_model_info info = xcap_model_get_info(model);
     if (options_resolve(&opt, model, &params) != 0) {
         xcap_model_free(model);
         free(files);
         return EXIT_USAGE;
     }
+    if (attention_dir && attn_choice_resolve(&choice, &info, err, sizeof err) != 0) {
+        fprintf(stderr, "xcap: %s\n", err);
+        xcap_model_free(model);
+        free(files);
+        return EXIT_USAGE;
+    }
+    params.output_attentions = attention_dir != NULL;
+    /* several images: one folder each inside attention_dir, which is created here */
+    char **subdirs = attention_dir && n_files > 1 ? calloc((size_t)n_files, sizeof *subdirs) : NULL;
+    int made_attention_dir = 0;
+    if (subdirs) made_attention_dir = mkdir(attention_dir, 0777) == 0;
     xcap_state *state = NULL;
     if (xcap_state_new(model, &state, err, sizeof err) != XCAP_OK) {
         fprintf(stderr, "xcap: %s\n", err);
@@ -152,16 +238,8 @@ int cmd_caption(int argc, char **argv) {
         const char *file = files[i];
         const char *shown = strcmp(file, "-") ? file : "<stdin>";
         uint8_t *rgb = NULL;
-        int w = 0, h = 0, rc;
-        if (!strcmp(file, "-")) {
-            size_t size = 0;
-            uint8_t *data = read_stdin(&size);
-            rc = data ? image_load_memory(data, size, shown, &rgb, &w, &h, err, sizeof err) : -1;
-            if (!data) snprintf(err, sizeof err, "<stdin>: cannot read standard input");
-            free(data);
-        } else {
-            rc = image_load_file(file, &rgb, &w, &h, err, sizeof err);
-        }
+        int w = 0, h = 0;
+        int rc = load_input_image(file, &rgb, &w, &h, err, sizeof err);
         if (rc != 0) {
             report_error(shown, err, opt.json);
             failures++;
@@ -170,6 +248,15 @@ int cmd_caption(int argc, char **argv) {
         xcap_result result;
         char msg[1024 + 64];
         rc = xcap_caption(state, rgb, w, h, &params, &result, err, sizeof err);
+        if (rc == XCAP_OK && attention_dir) {
+            const char *out = attention_dir;
+            if (subdirs) out = subdirs[i] = attention_subdir(attention_dir, file, subdirs, i);
+            attend_input in = {.model = model, .model_dir = dir, .image_name = shown, .rgb = rgb, .width = w,
+                               .height = h, .params = &params, .result = &result, .choice = choice};
+            if (!out) rc = xcap_fail(err, sizeof err, XCAP_ERR_NOMEM, "out of memory");
+            else rc = attention_write_dir(&in, out, err, sizeof err);
+            if (rc != XCAP_OK) xcap_result_free(&result);
+        }
         free(rgb);
         if (rc != XCAP_OK) {
             snprintf(msg, sizeof msg, "%s: %s", shown, err);
@@ -180,6 +267,12 @@ int cmd_caption(int argc, char **argv) {
         report_result(shown, n_files > 1, &result, opt.json);
         fflush(stdout);
         xcap_result_free(&result);
+    }
+    if (subdirs) {
+        /* nothing written: do not leave the folder made for the results behind */
+        if (made_attention_dir && failures == n_files) rmdir(attention_dir);
+        for (int i = 0; i < n_files; i++) free(subdirs[i]);
+        free(subdirs);
     }
     xcap_state_free(state);
     xcap_model_free(model);

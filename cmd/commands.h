@@ -2,9 +2,18 @@
 #ifndef XCAP_CMD_COMMANDS_H
 #define XCAP_CMD_COMMANDS_H
 
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 int cmd_caption(int argc, char **argv);
 void caption_usage(FILE *out);
+
+int cmd_attend(int argc, char **argv);
+void attend_usage(FILE *out);
+
+/* Decodes an image file, or standard input when file is "-" (named "<stdin>" in errors).
+ * Returns 0, or an xcap_status with the message in err; *rgb is malloc'ed. */
+int load_input_image(const char *file, uint8_t **rgb, int *width, int *height, char *err, size_t errlen);
 
 #endif

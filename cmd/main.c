@@ -12,7 +12,9 @@ static void usage(FILE *out) {
             "xcap %s: image captioning with a ViT encoder and a GPT-2 decoder joined by cross-attention\n\n"
             "usage: xcap COMMAND [options] ...\n\n"
             "Commands:\n"
-            "  caption IMAGE...   write a caption for each image\n\n"
+            "  caption IMAGE...   write a caption for each image\n"
+            "  attend IMAGE -o DIR  caption an image and write its cross-attention maps (arrays,\n"
+            "                     overlays, a sheet and a web page) into DIR\n\n"
             "Run 'xcap COMMAND --help' for a command's own options. Options of 'caption':\n\n",
             xcap_version());
     caption_usage(out);
@@ -33,6 +35,7 @@ int main(int argc, char **argv) {
         return EXIT_ALL_OK;
     }
     if (!strcmp(cmd, "caption")) return cmd_caption(argc - 1, argv + 1);
+    if (!strcmp(cmd, "attend")) return cmd_attend(argc - 1, argv + 1);
     fprintf(stderr, "xcap: unknown command '%s' (see xcap --help)\n", cmd);
     return EXIT_USAGE;
 }
