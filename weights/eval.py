@@ -442,8 +442,8 @@ def main(argv=None):
     if torch_captions is not None:
         diff = summary["c_vs_torch"]["differing"]
         print(f"\nC vs PyTorch: {pct(summary['c_vs_torch']['same_caption'], True)} same caption")
-        for f_, c, t in diff[:args.errors]:
-            print(f"  {f_}: C {c!r} | PyTorch {t!r}")
+        for name, c, t in diff[:args.errors]:
+            print(f"  {name}: C {c!r} | PyTorch {t!r}")
     print(f"\nxcap: {len(rows)} images in {c_seconds:.1f} s (one process, model loaded once)"
           f"; scenes, results.jsonl, summary.json, table.md in {args.out}")
     return 0

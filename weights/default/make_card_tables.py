@@ -18,7 +18,6 @@ leaves the card in step with the files.
 """
 
 import argparse
-import hashlib
 import json
 import os
 import re
