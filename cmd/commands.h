@@ -9,6 +9,8 @@
 int cmd_caption(int argc, char **argv);
 void caption_usage(FILE *out);
 
+int cmd_batch(int argc, char **argv);
+
 int cmd_attend(int argc, char **argv);
 void attend_usage(FILE *out);
 

@@ -13,6 +13,8 @@ static void usage(FILE *out) {
             "usage: xcap COMMAND [options] ...\n\n"
             "Commands:\n"
             "  caption IMAGE...   write a caption for each image\n"
+            "  batch DIR|FILE...  caption every image under folders: resumable, shardable, JSONL/CSV/\n"
+            "                     sidecar text, HTML gallery\n"
             "  attend IMAGE -o DIR  caption an image and write its cross-attention maps (arrays,\n"
             "                     overlays, a sheet and a web page) into DIR\n\n"
             "Run 'xcap COMMAND --help' for a command's own options. Options of 'caption':\n\n",
@@ -35,6 +37,7 @@ int main(int argc, char **argv) {
         return EXIT_ALL_OK;
     }
     if (!strcmp(cmd, "caption")) return cmd_caption(argc - 1, argv + 1);
+    if (!strcmp(cmd, "batch")) return cmd_batch(argc - 1, argv + 1);
     if (!strcmp(cmd, "attend")) return cmd_attend(argc - 1, argv + 1);
     fprintf(stderr, "xcap: unknown command '%s' (see xcap --help)\n", cmd);
     return EXIT_USAGE;
