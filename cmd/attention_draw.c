@@ -82,42 +82,72 @@ void draw_heat(const float *grid, int rows, int cols, int w, int h, const uint8_
     free(x0), free(y0), free(fx), free(fy);
 }
 
-/* Exact box filter along one axis: output cell o covers source [o·n/m, (o+1)·n/m). */
-static void box_axis(const float *src, int n, size_t src_stride, float *dst, int m, size_t dst_stride, int count,
-                     size_t count_stride_src, size_t count_stride_dst) {
+/* Exact box filter along one axis: output cell o covers source [o·n/m, (o+1)·n/m); each
+ * source cell i contributes its overlap with that interval. */
+typedef struct {
+    int first, count; /* source cells first .. first+count-1 */
+    float weight[8];  /* the first few overlaps inline, the rest in extra */
+    float *extra;
+} box_taps;
+
+static box_taps *box_plan(int n, int m) {
+    box_taps *taps = calloc((size_t)m, sizeof *taps);
+    if (!taps) return NULL;
     double step = (double)n / m;
     for (int o = 0; o < m; o++) {
         double a = o * step, b = (o + 1) * step;
         int first = (int)a, last = (int)b;
         if (last >= n) last = n - 1;
-        for (int c = 0; c < count; c++) {
-            const float *s = src + c * count_stride_src;
-            double acc = 0;
-            for (int i = first; i <= last; i++) {
-                double lo = i > a ? i : a, hi = i + 1 < b ? i + 1 : b;
-                if (hi > lo) acc += (hi - lo) * s[i * src_stride];
-            }
-            dst[c * count_stride_dst + o * dst_stride] = (float)(acc / step);
+        if (last > first && b <= last) last--; /* b on a cell boundary: that cell is not covered */
+        taps[o].first = first;
+        taps[o].count = last - first + 1;
+        float *w = taps[o].weight;
+        if (taps[o].count > 8 && !(w = taps[o].extra = malloc((size_t)taps[o].count * sizeof *w))) {
+            for (int k = 0; k < o; k++) free(taps[k].extra);
+            free(taps);
+            return NULL;
+        }
+        for (int i = first; i <= last; i++) {
+            double lo = i > a ? i : a, hi = i + 1 < b ? i + 1 : b;
+            w[i - first] = (float)((hi > lo ? hi - lo : 0) / step);
         }
     }
+    return taps;
+}
+
+static void box_free(box_taps *taps, int m) {
+    for (int o = 0; taps && o < m; o++) free(taps[o].extra);
+    free(taps);
 }
 
 void draw_resize(const uint8_t *src, int sw, int sh, uint8_t *dst, int dw, int dh) {
-    float *in = malloc((size_t)sw * sh * 3 * sizeof *in), *mid = malloc((size_t)dw * sh * 3 * sizeof *mid),
-          *res = malloc((size_t)dw * dh * 3 * sizeof *res);
-    if (!in || !mid || !res) {
+    box_taps *across = box_plan(sw, dw), *down = box_plan(sh, dh);
+    float *mid = malloc((size_t)dw * sh * 3 * sizeof *mid); /* rows already resized across */
+    if (!across || !down || !mid) {
         memset(dst, 0, (size_t)dw * dh * 3);
-        free(in), free(mid), free(res);
+        box_free(across, dw), box_free(down, dh), free(mid);
         return;
     }
-    for (size_t i = 0; i < (size_t)sw * sh * 3; i++) in[i] = src[i];
-    /* rows: every (row, channel) pair is one line along x */
     for (int y = 0; y < sh; y++)
-        box_axis(in + (size_t)y * sw * 3, sw, 3, mid + (size_t)y * dw * 3, dw, 3, 3, 1, 1);
-    for (int x = 0; x < dw; x++)
-        box_axis(mid + (size_t)x * 3, sh, (size_t)dw * 3, res + (size_t)x * 3, dh, (size_t)dw * 3, 3, 1, 1);
-    for (size_t i = 0; i < (size_t)dw * dh * 3; i++) dst[i] = (uint8_t)(res[i] + 0.5f);
-    free(in), free(mid), free(res);
+        for (int x = 0; x < dw; x++) {
+            const box_taps *t = &across[x];
+            const float *w = t->extra ? t->extra : t->weight;
+            float acc[3] = {0, 0, 0};
+            for (int k = 0; k < t->count; k++)
+                for (int c = 0; c < 3; c++) acc[c] += w[k] * src[((size_t)y * sw + t->first + k) * 3 + c];
+            memcpy(mid + ((size_t)y * dw + x) * 3, acc, sizeof acc);
+        }
+    for (int y = 0; y < dh; y++) {
+        const box_taps *t = &down[y];
+        const float *w = t->extra ? t->extra : t->weight;
+        for (int x = 0; x < dw * 3; x++) {
+            float acc = 0;
+            for (int k = 0; k < t->count; k++) acc += w[k] * mid[(size_t)(t->first + k) * dw * 3 + x];
+            int v = (int)(acc + 0.5f);
+            dst[(size_t)y * dw * 3 + x] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+        }
+    }
+    box_free(across, dw), box_free(down, dh), free(mid);
 }
 
 void draw_fit(int w, int h, int side, int *fw, int *fh) {

@@ -253,6 +253,12 @@ static void test_draw(void) {
     for (int i = 0; i < 8; i++) src[i * 3] = src[i * 3 + 1] = src[i * 3 + 2] = (uint8_t)(i * 10);
     draw_resize(src, 4, 2, dst, 2, 1);
     CHECK(dst[0] == 25 && dst[3] == 45, "resize averages: %d %d", dst[0], dst[3]);
+    /* 3 -> 2: each output pixel covers one and a half input pixels */
+    uint8_t three[3 * 3] = {0, 0, 0, 30, 30, 30, 60, 60, 60}, two[2 * 3], up[3 * 3];
+    draw_resize(three, 3, 1, two, 2, 1);
+    CHECK(two[0] == 10 && two[3] == 50, "resize 3->2: %d %d", two[0], two[3]);
+    draw_resize(three, 1, 1, up, 3, 1);
+    CHECK(up[0] == 0 && up[3] == 0 && up[6] == 0, "resize 1->3 repeats");
     int fw, fh;
     draw_fit(200, 150, 192, &fw, &fh);
     CHECK(fw == 192 && fh == 144, "fit %dx%d", fw, fh);
