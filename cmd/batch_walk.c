@@ -141,7 +141,7 @@ static int walk_dir(const batch_walk_options *opt, batch_list *list, const char 
         list->dir_failures++;
     }
     closedir(d);
-    if (rc == 0) qsort(names, n, sizeof *names, cmp_names);
+    if (rc == 0 && n) qsort(names, n, sizeof *names, cmp_names);
 
     /* "." as the argument: paths are recorded without a "./" in front. */
     int at_dot = !strcmp(dir, ".");
