@@ -606,7 +606,8 @@ static int page_text(const attend_input *in, const drawn_maps *d, const char *ca
     for (int k = 0; k < d->words.n_words && !page->failed; k++) {
         draw_heat(d->word_maps + (size_t)k * d->n_patches, d->info.grid_rows, d->info.grid_cols, vw, vh, NULL, heat);
         if (png_encode(heat, vw, vh, 4, &png) != 0) page->failed = 1;
-        buf_printf(page, "<img class=\"map\" hidden data-word=\"%d\" alt=\"attention map of ", k);
+        /* decoded at once, so a word's map appears in the very next frame */
+        buf_printf(page, "<img class=\"map\" hidden decoding=\"sync\" data-word=\"%d\" alt=\"attention map of ", k);
         buf_html(page, d->words.word_text[k]);
         buf_puts(page, "\" src=\"data:image/png;base64,");
         buf_base64(page, (const uint8_t *)png.data, png.len);

@@ -144,7 +144,12 @@ for ((i = 0; i < n_words; i++)); do
     check "word $i's map covers the image" test "$JS_VALUE" = true
     js "document.elementFromPoint($x, $y).getAttribute('data-word')"
     check "word $i is what the pointer is on" test "$JS_VALUE" = "$i"
-    shots[$i]=$(picture)
+    # a frame or two may pass before the new map is painted: look again for up to 2 s
+    for _ in $(seq 1 10); do
+        shots[$i]=$(picture)
+        [ "${shots[$i]}" != "$plain" ] && break
+        sleep 0.2
+    done
     check "word $i changes the picture" test "${shots[$i]}" != "$plain"
 done
 check "words 0 and 1 draw different pictures" test "${shots[0]}" != "${shots[1]}"
@@ -159,7 +164,12 @@ for ((i = 0; i < 2; i++)); do
     check "Tab $((i + 1)) focuses word $i ('$JS_VALUE')" test "$JS_VALUE" = "$i"
     js "$VISIBLE"
     check "focusing word $i shows its map only ('$JS_VALUE')" test "$JS_VALUE" = "$i"
-    check "focusing word $i draws its picture" test "$(picture)" = "${shots[$i]}"
+    for _ in $(seq 1 10); do
+        shot=$(picture)
+        [ "$shot" = "${shots[$i]}" ] && break
+        sleep 0.2
+    done
+    check "focusing word $i draws its picture" test "$shot" = "${shots[$i]}"
 done
 js "document.getElementById('status').textContent.indexOf('Showing') === 0"
 check "the status line names the shown word" test "$JS_VALUE" = true
