@@ -314,7 +314,8 @@ int batch_write_html(const char *dir, const batch_html_entry *entries, size_t n,
                 }
                 free(thumb);
                 puts_(&b, "<figcaption><div class=\"cap\">");
-                put_text(&b, r->caption);
+                if (*r->caption) put_text(&b, r->caption);
+                else puts_(&b, "<span class=\"meta\">(empty caption)</span>");
                 puts_(&b, "</div>");
             } else {
                 puts_(&b, "<figcaption>");

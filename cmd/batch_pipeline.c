@@ -4,8 +4,10 @@
  *
  * Work moves through a ring of `window` slots. Image i lives in slot i % window; decoders take
  * the next image only while it is within `window` of the next record to write, so memory stays
- * bounded (a few decoded images per captioning thread) however long the list is. Records are
- * written in list order, so the output does not depend on thread timing. */
+ * bounded (a few decoded images per captioning thread) however long the list is; decoders also
+ * wait while the decoded pixels waiting for captioning pass DECODED_BUDGET, since a few
+ * 100-megapixel photos would otherwise hold gigabytes. Records are written in list order, so the
+ * output does not depend on thread timing. */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -18,6 +20,8 @@
 #include "cmd/result_json.h"
 
 enum { SLOT_FREE, SLOT_DECODING, SLOT_DECODED, SLOT_CAPTIONING, SLOT_DONE };
+
+static const size_t DECODED_BUDGET = (size_t)512 << 20; /* bytes of RGB */
 
 typedef struct {
     size_t index;
@@ -39,6 +43,7 @@ typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t changed;
     size_t next_decode, next_write;
+    size_t decoded_bytes; /* RGB held by decoded images not yet captioned */
     int stop;
 } pipeline;
 
@@ -66,7 +71,8 @@ static void *decode_thread(void *arg) {
     char err[1024];
     pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->stop && p->next_decode < p->n && p->next_decode >= p->next_write + p->window)
+        while (!p->stop && p->next_decode < p->n &&
+               (p->next_decode >= p->next_write + p->window || p->decoded_bytes >= DECODED_BUDGET))
             pthread_cond_wait(&p->changed, &p->mu);
         if (p->stop || p->next_decode >= p->n) break;
         size_t i = p->next_decode++;
@@ -96,6 +102,7 @@ static void *decode_thread(void *arg) {
         s->error = error;
         if (!rgb && !error) s->error = dup_string("out of memory");
         s->state = rgb ? SLOT_DECODED : SLOT_DONE;
+        if (rgb) p->decoded_bytes += (size_t)w * (size_t)h * 3;
         pthread_cond_broadcast(&p->changed);
     }
     pthread_mutex_unlock(&p->mu);
@@ -137,6 +144,7 @@ static void *caption_thread(void *arg) {
 
         pthread_mutex_lock(&p->mu);
         s->rgb = NULL;
+        p->decoded_bytes -= (size_t)s->width * (size_t)s->height * 3;
         if (rc == XCAP_OK) {
             s->result = result;
             s->has_result = 1;

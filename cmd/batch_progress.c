@@ -41,7 +41,7 @@ void batch_progress_update(batch_progress *p, int force) {
     if (rate > 0) format_duration(eta, sizeof eta, (double)(p->total - p->done) / rate);
     int percent = p->total ? (int)(100.0 * (double)p->done / (double)p->total) : 100;
     char failed[48] = "";
-    if (p->failed) snprintf(failed, sizeof failed, ", %zu failed", p->failed);
+    if (p->failed) snprintf(failed, sizeof failed, "%s%zu failed", p->tty ? "  " : ", ", p->failed);
     if (p->tty) {
         enum { WIDTH = 24 };
         char bar[WIDTH + 1];
