@@ -18,7 +18,7 @@ void attend_usage(FILE *out) {
             "  attention.npy        float32 [tokens x decoder layers x heads x memory tokens]: every\n"
             "                       cross-attention probability; memory = CLS + patches, row-major; row t\n"
             "                       is the attention of the step that chose token t (beam search: the\n"
-            "                       returned beam's own history)\n"
+            "                       returned beam's own history; with --n-best, the best beam's)\n"
             "  attention.json       caption, tokens (id, text, word), words, shape and axis names, patch\n"
             "                       grid, image and model input sizes, decoding settings, what was drawn\n"
             "                       and the drawn maps\n"
