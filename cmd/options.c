@@ -7,7 +7,7 @@
 #include <string.h>
 
 #ifndef XCAP_DEFAULT_MODEL_DIR
-#define XCAP_DEFAULT_MODEL_DIR "weights/model"
+#define XCAP_DEFAULT_MODEL_DIR "weights/default"
 #endif
 
 void options_init(cli_options *o) {
