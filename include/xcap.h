@@ -117,6 +117,25 @@ int xcap_caption(xcap_state *state, const uint8_t *rgb, int width, int height,
                  const xcap_params *params, xcap_result *result, char *err, size_t errlen);
 void xcap_result_free(xcap_result *result);
 
+/* One decoded image for xcap_caption_batch: RGB as for xcap_caption. */
+typedef struct {
+    const uint8_t *rgb;
+    int width, height;
+} xcap_image;
+
+/* Captions n images with one set of parameters; results[i] and status[i] (an xcap_status)
+ * belong to imgs[i]. The encoder runs several images per pass (their patch tokens stacked, so
+ * each weight matrix is read once per pass for all of them); each image then decodes on its
+ * own. Every result equals what xcap_caption gives for that image alone (same tokens; scores
+ * within float rounding of the larger GEMMs). An image that fails (0x0, say) gets a non-zero
+ * status and an empty result, and the others are still captioned. Returns XCAP_OK when every
+ * image was captioned, else the first failure's status with err naming it ("image 3: ...";
+ * call xcap_caption on an image alone for its own message). A bad parameter fails every image.
+ * The state grows on first use to hold one encoder pass (up to 16 images; larger n runs in
+ * several passes); free each results[i] with xcap_result_free, failed ones included. */
+int xcap_caption_batch(xcap_state *state, const xcap_image *imgs, int n, const xcap_params *params,
+                       xcap_result *results, int *status, char *err, size_t errlen);
+
 /* Tokenizer access (for tools and tests). Encoded ids are written to ids (capacity cap);
  * the number of ids is returned through n_ids even when it exceeds cap. */
 int xcap_tokenize(const xcap_model *model, const char *text, size_t len, int32_t *ids, int cap,

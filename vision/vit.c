@@ -8,25 +8,33 @@
 #include "nn/kernels.h"
 
 int vit_run_init(vit_run *r, const xcap_config *c, char *err, size_t errlen) {
+    return vit_run_init_batch(r, c, 1, err, errlen);
+}
+
+int vit_run_init_batch(vit_run *r, const xcap_config *c, int max_images, char *err, size_t errlen) {
     memset(r, 0, sizeof *r);
+    if (max_images < 1 || max_images > VIT_MAX_IMAGES)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "encoder batch of %d images (1 to %d)", max_images, VIT_MAX_IMAGES);
     size_t P = c->patch_size, g = c->image_size / c->patch_size, D = c->enc_hidden;
-    size_t n = g * g, M = n + 1, I = c->enc_intermediate, H = c->enc_heads;
+    size_t n = g * g, M = n + 1, I = c->enc_intermediate, H = c->enc_heads, B = (size_t)max_images;
     r->n_patches = (int)n;
     r->n_tokens = (int)M;
-    r->patches = malloc(n * 3 * P * P * sizeof(float));
-    r->patch_embed = malloc(n * D * sizeof(float));
-    r->x = malloc(M * D * sizeof(float));
-    r->xn = malloc(M * D * sizeof(float));
-    r->q = malloc(M * D * sizeof(float));
-    r->k = malloc(M * D * sizeof(float));
-    r->v = malloc(M * D * sizeof(float));
-    r->attn = malloc(M * D * sizeof(float));
+    r->max_images = max_images;
+    r->patches = malloc(B * n * 3 * P * P * sizeof(float));
+    r->patch_embed = malloc(B * n * D * sizeof(float));
+    r->x = malloc(B * M * D * sizeof(float));
+    r->xn = malloc(B * M * D * sizeof(float));
+    r->q = malloc(B * M * D * sizeof(float));
+    r->k = malloc(B * M * D * sizeof(float));
+    r->v = malloc(B * M * D * sizeof(float));
+    r->attn = malloc(B * M * D * sizeof(float));
     r->probs = malloc(H * M * M * sizeof(float));
-    r->ff = malloc(M * I * sizeof(float));
+    r->ff = malloc(B * M * I * sizeof(float));
     if (!r->patches || !r->patch_embed || !r->x || !r->xn || !r->q || !r->k || !r->v || !r->attn || !r->probs ||
         !r->ff) {
         vit_run_free(r);
-        return xcap_fail(err, errlen, XCAP_ERR_NOMEM, "out of memory for the encoder activations");
+        return xcap_fail(err, errlen, XCAP_ERR_NOMEM, "out of memory for the encoder activations (%d images)",
+                         max_images);
     }
     return XCAP_OK;
 }
@@ -61,45 +69,66 @@ static void unfold_patches(float *patches, const float *pixels, int image_size, 
     }
 }
 
-/* h = x + Attn(LN_before(x)); x' = h + FFN(LN_after(h))  (pre-LN block, spec §4.3) */
-static void vit_layer(const xcap_config *c, const vit_layer_weights *w, vit_run *r) {
-    int M = r->n_tokens, D = c->enc_hidden, I = c->enc_intermediate, H = c->enc_heads, hd = D / H;
-    layernorm(r->xn, r->x, w->ln_before_w, w->ln_before_b, M, D, c->enc_eps);
-    matmul_nk(r->q, r->xn, w->q_w, w->q_b, M, D, D);
-    matmul_nk(r->k, r->xn, w->k_w, w->k_b, M, D, D);
-    matmul_nk(r->v, r->xn, w->v_w, w->v_b, M, D, D);
-    attention(r->attn, D, r->probs, r->q, D, r->k, D, r->v, D, M, M, H, hd, 1.0f / sqrtf((float)hd), 0, 0);
-    matmul_nk(r->xn, r->attn, w->attn_out_w, w->attn_out_b, M, D, D);
-    add_inplace(r->x, r->xn, (size_t)M * D);
+/* h = x + Attn(LN_before(x)); x' = h + FFN(LN_after(h))  (pre-LN block, spec §4.3), for B images
+ * stacked as B·M rows: the linear layers see all rows at once, attention one image at a time.
+ * attn_out, if not NULL, has one pointer per image for this layer's maps [H][M][M]. */
+static void vit_layer(const xcap_config *c, const vit_layer_weights *w, vit_run *r, int B, float *const *attn_out) {
+    int M = r->n_tokens, D = c->enc_hidden, I = c->enc_intermediate, H = c->enc_heads, hd = D / H, R = B * M;
+    size_t maps = (size_t)H * M * M;
+    layernorm(r->xn, r->x, w->ln_before_w, w->ln_before_b, R, D, c->enc_eps);
+    matmul_nk(r->q, r->xn, w->q_w, w->q_b, R, D, D);
+    matmul_nk(r->k, r->xn, w->k_w, w->k_b, R, D, D);
+    matmul_nk(r->v, r->xn, w->v_w, w->v_b, R, D, D);
+    for (int b = 0; b < B; b++) {
+        size_t off = (size_t)b * M * D;
+        attention(r->attn + off, D, r->probs, r->q + off, D, r->k + off, D, r->v + off, D, M, M, H, hd,
+                  1.0f / sqrtf((float)hd), 0, 0);
+        if (attn_out && attn_out[b]) memcpy(attn_out[b], r->probs, maps * sizeof *r->probs);
+    }
+    matmul_nk(r->xn, r->attn, w->attn_out_w, w->attn_out_b, R, D, D);
+    add_inplace(r->x, r->xn, (size_t)R * D);
 
-    layernorm(r->xn, r->x, w->ln_after_w, w->ln_after_b, M, D, c->enc_eps);
-    matmul_nk(r->ff, r->xn, w->fc_w, w->fc_b, M, D, I);
-    gelu_erf(r->ff, (size_t)M * I);
-    matmul_nk(r->xn, r->ff, w->proj_w, w->proj_b, M, I, D);
-    add_inplace(r->x, r->xn, (size_t)M * D);
+    layernorm(r->xn, r->x, w->ln_after_w, w->ln_after_b, R, D, c->enc_eps);
+    matmul_nk(r->ff, r->xn, w->fc_w, w->fc_b, R, D, I);
+    gelu_erf(r->ff, (size_t)R * I);
+    matmul_nk(r->xn, r->ff, w->proj_w, w->proj_b, R, I, D);
+    add_inplace(r->x, r->xn, (size_t)R * D);
 }
 
 void vit_forward(const xcap_model *m, vit_run *r, const float *pixels, float *out, float *const *layer_out,
                  float *attn_out) {
+    vit_forward_batch(m, r, pixels, 1, out, layer_out, attn_out ? &attn_out : NULL);
+}
+
+void vit_forward_batch(const xcap_model *m, vit_run *r, const float *pixels, int B, float *out,
+                       float *const *layer_out, float *const *attn_out) {
     const xcap_config *c = &m->cfg;
     const vit_weights *w = &m->enc;
-    int P = c->patch_size, D = c->enc_hidden, n = r->n_patches, M = r->n_tokens;
+    int P = c->patch_size, D = c->enc_hidden, n = r->n_patches, M = r->n_tokens, S = c->image_size;
+    size_t patch_len = (size_t)3 * P * P, image_len = (size_t)3 * S * S;
 
-    unfold_patches(r->patches, pixels, c->image_size, P);
-    matmul_nk(r->patch_embed, r->patches, w->patch_w, w->patch_b, n, 3 * P * P, D);
+    for (int b = 0; b < B; b++) unfold_patches(r->patches + (size_t)b * n * patch_len, pixels + b * image_len, S, P);
+    matmul_nk(r->patch_embed, r->patches, w->patch_w, w->patch_b, B * n, (int)patch_len, D);
 
-    /* [CLS, patches...] + position embeddings (spec §4.2) */
-    memcpy(r->x, w->cls_token, (size_t)D * sizeof *r->x);
-    memcpy(r->x + D, r->patch_embed, (size_t)n * D * sizeof *r->x);
-    add_inplace(r->x, w->pos_embed, (size_t)M * D);
-
-    for (int i = 0; i < c->enc_layers; i++) {
-        vit_layer(c, &w->layers[i], r);
-        if (layer_out && layer_out[i]) memcpy(layer_out[i], r->x, (size_t)M * D * sizeof *r->x);
-        if (attn_out) {
-            size_t n = (size_t)c->enc_heads * M * M;
-            memcpy(attn_out + i * n, r->probs, n * sizeof *attn_out);
-        }
+    /* [CLS, patches...] + position embeddings (spec §4.2), image by image */
+    for (int b = 0; b < B; b++) {
+        float *x = r->x + (size_t)b * M * D;
+        memcpy(x, w->cls_token, (size_t)D * sizeof *x);
+        memcpy(x + D, r->patch_embed + (size_t)b * n * D, (size_t)n * D * sizeof *x);
+        add_inplace(x, w->pos_embed, (size_t)M * D);
     }
-    layernorm(out, r->x, w->ln_w, w->ln_b, M, D, c->enc_eps);
+
+    /* Per-image pointers to this layer's slice of each caller's [L][H][M][M] maps. */
+    float *layer_maps[VIT_MAX_IMAGES];
+    size_t maps = (size_t)c->enc_heads * M * M;
+    for (int i = 0; i < c->enc_layers; i++) {
+        float *const *maps_out = NULL;
+        if (attn_out) {
+            for (int b = 0; b < B; b++) layer_maps[b] = attn_out[b] ? attn_out[b] + i * maps : NULL;
+            maps_out = layer_maps;
+        }
+        vit_layer(c, &w->layers[i], r, B, maps_out);
+        if (layer_out && layer_out[i]) memcpy(layer_out[i], r->x, (size_t)B * M * D * sizeof *r->x);
+    }
+    layernorm(out, r->x, w->ln_w, w->ln_b, B * M, D, c->enc_eps);
 }
