@@ -137,6 +137,10 @@ static void *caption_thread(void *arg) {
         s->state = SLOT_CAPTIONING;
         pthread_mutex_unlock(&p->mu);
 
+        /* One image per call, not xcap_caption_batch: a record must be bit-identical to what
+         * `xcap caption` prints and must not depend on which images shared a pass (thread timing,
+         * --shard, resume). OpenBLAS rounds a row differently depending on where it sits in a
+         * larger GEMM, so batched scores differ from single ones in the last bits. */
         xcap_result result;
         int rc = xcap_caption(wk->state, s->rgb, s->width, s->height, p->params, &result, err, sizeof err);
         char *error = rc == XCAP_OK ? NULL : message(p->todo[s->index]->path, err);
