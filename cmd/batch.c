@@ -72,23 +72,6 @@ typedef struct {
     int n_roots;
 } batch_settings;
 
-/* "--name VALUE" or "--name=VALUE" (or the short alias with a separate value). 1 matched, 0 not
- * this option, -1 value missing. */
-static int take_value(int argc, char **argv, int *i, const char *lng, const char *shrt, const char **value) {
-    const char *a = argv[*i];
-    size_t n = strlen(lng);
-    if (!strncmp(a, lng, n) && a[n] == '=') {
-        *value = a + n + 1;
-        return 1;
-    }
-    if (strcmp(a, lng) != 0 && !(shrt && !strcmp(a, shrt))) return 0;
-    if (*i + 1 >= argc) {
-        fprintf(stderr, "xcap batch: %s needs a value\n", a);
-        return -1;
-    }
-    *value = argv[++*i];
-    return 1;
-}
 
 static int parse_count(const char *flag, const char *v, int lo, int hi, int *out) {
     char *end;
@@ -137,7 +120,7 @@ static int parse_batch_option(batch_settings *s, int argc, char **argv, int *i) 
         return 1;
     }
     if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) return s->quiet = 1;
-#define VALUE(lng, shrt) ((m = take_value(argc, argv, i, lng, shrt, &v)) != 0)
+#define VALUE(lng, shrt) ((m = options_take_value(argc, argv, i, lng, shrt, &v)) != 0)
     if (VALUE("--format", NULL)) {
         if (m < 0) return -1;
         if (!strcmp(v, "jsonl")) s->format = FORMAT_JSONL;

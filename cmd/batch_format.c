@@ -17,6 +17,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "cmd/strbuf.h"
 #include "cmd/batch.h"
 #include "cmd/result_json.h"
 
@@ -202,65 +203,30 @@ char *batch_jsonl_line(const char *path, int width, int height, xcap_result *r, 
 
 /* ---- CSV (RFC 4180 quoting; rows end in "\n", Python's csv reads either ending) ---- */
 
-typedef struct {
-    char *s;
-    size_t n, cap;
-    int failed;
-} text_buf;
-
-static void buf_put(text_buf *b, const char *s, size_t n) {
-    if (b->failed) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *bigger = realloc(b->s, cap);
-        if (!bigger) {
-            b->failed = 1;
-            return;
-        }
-        b->s = bigger;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = '\0';
-}
-
-static void buf_str(text_buf *b, const char *s) { buf_put(b, s, strlen(s)); }
-
-static char *buf_take(text_buf *b) {
-    if (b->failed) {
-        free(b->s);
-        return NULL;
-    }
-    if (!b->s) buf_put(b, "", 0);
-    return b->s;
-}
-
 /* One field, quoted when it holds a separator, a quote, a line break or edge spaces. */
-static void csv_field(text_buf *b, const char *s, int first) {
-    if (!first) buf_put(b, ",", 1);
+static void csv_field(strbuf *b, const char *s, int first) {
+    if (!first) strbuf_put(b, ",", 1);
     size_t n = strlen(s);
     int quote = strpbrk(s, ",\"\r\n") != NULL || (n && (s[0] == ' ' || s[n - 1] == ' '));
     if (!quote) {
-        buf_put(b, s, n);
+        strbuf_put(b, s, n);
         return;
     }
-    buf_put(b, "\"", 1);
+    strbuf_put(b, "\"", 1);
     for (const char *p = s; *p; p++) {
-        if (*p == '"') buf_put(b, "\"", 1);
-        buf_put(b, p, 1);
+        if (*p == '"') strbuf_put(b, "\"", 1);
+        strbuf_put(b, p, 1);
     }
-    buf_put(b, "\"", 1);
+    strbuf_put(b, "\"", 1);
 }
 
-static void csv_number(text_buf *b, double v) {
+static void csv_number(strbuf *b, double v) {
     char num[40];
     batch_format_number(num, sizeof num, v);
     csv_field(b, num, 0);
 }
 
-static void csv_int(text_buf *b, int v) {
+static void csv_int(strbuf *b, int v) {
     char num[16];
     if (v > 0) snprintf(num, sizeof num, "%d", v);
     else num[0] = '\0';
@@ -268,19 +234,19 @@ static void csv_int(text_buf *b, int v) {
 }
 
 char *batch_csv_header(int n_best) {
-    text_buf b = {0};
-    buf_str(&b, "path,path_base64,width,height,caption,score,sum_logprob,tokens,error");
+    strbuf b = {0};
+    strbuf_puts(&b, "path,path_base64,width,height,caption,score,sum_logprob,tokens,error");
     for (int k = 2; k <= n_best; k++) {
         char extra[64];
         snprintf(extra, sizeof extra, ",caption_%d,score_%d", k, k);
-        buf_str(&b, extra);
+        strbuf_puts(&b, extra);
     }
-    buf_put(&b, "\n", 1);
-    return buf_take(&b);
+    strbuf_put(&b, "\n", 1);
+    return strbuf_take(&b);
 }
 
 char *batch_csv_line(const char *path, int width, int height, xcap_result *r, const char *error, int n_best) {
-    text_buf b = {0};
+    strbuf b = {0};
     size_t n = strlen(path);
     if (utf8_valid(path, n)) {
         csv_field(&b, path, 1);
@@ -302,13 +268,13 @@ char *batch_csv_line(const char *path, int width, int height, xcap_result *r, co
         csv_field(&b, caption_strip(best->text), 0);
         csv_number(&b, best->score);
         csv_number(&b, best->sum_logprob);
-        text_buf ids = {0};
+        strbuf ids = {0};
         for (int i = 0; i < best->n_tokens; i++) {
             char num[16];
             snprintf(num, sizeof num, i ? " %d" : "%d", (int)best->tokens[i]);
-            buf_str(&ids, num);
+            strbuf_puts(&ids, num);
         }
-        char *tokens = buf_take(&ids);
+        char *tokens = strbuf_take(&ids);
         if (!tokens) b.failed = 1;
         else csv_field(&b, tokens, 0);
         free(tokens);
@@ -329,8 +295,8 @@ char *batch_csv_line(const char *path, int width, int height, xcap_result *r, co
             csv_field(&b, "", 0);
         }
     }
-    buf_put(&b, "\n", 1);
-    return buf_take(&b);
+    strbuf_put(&b, "\n", 1);
+    return strbuf_take(&b);
 }
 
 void csv_free_fields(char **fields, int n_fields) {
@@ -342,13 +308,13 @@ long csv_parse_record(const char *s, size_t n, char ***fields_out, int *n_out) {
     char **fields = NULL;
     int nf = 0, cap = 0;
     size_t i = 0;
-    text_buf field = {0};
+    strbuf field = {0};
     *fields_out = NULL;
     *n_out = 0;
     for (;;) {
         /* one field */
         field.n = 0;
-        buf_put(&field, "", 0);
+        strbuf_put(&field, "", 0);
         int ended = 0; /* 1: ',' follows, 2: the line ends */
         if (i < n && s[i] == '"') {
             i++;
@@ -357,14 +323,14 @@ long csv_parse_record(const char *s, size_t n, char ***fields_out, int *n_out) {
                 if (s[i] == '"') {
                     if (i + 1 >= n) goto incomplete;
                     if (s[i + 1] == '"') {
-                        buf_put(&field, "\"", 1);
+                        strbuf_put(&field, "\"", 1);
                         i += 2;
                         continue;
                     }
                     i++;
                     break;
                 }
-                buf_put(&field, s + i, 1);
+                strbuf_put(&field, s + i, 1);
                 i++;
             }
             if (i >= n) goto incomplete;
@@ -379,7 +345,7 @@ long csv_parse_record(const char *s, size_t n, char ***fields_out, int *n_out) {
             if (i >= n) goto incomplete;
             size_t end = i;
             if (s[i] == '\n' && end > start && s[end - 1] == '\r') end--;
-            buf_put(&field, s + start, end - start);
+            strbuf_put(&field, s + start, end - start);
             ended = s[i] == ',' ? 1 : 2;
             i++;
         }
@@ -411,12 +377,12 @@ malformed:
 }
 
 char *batch_sidecar_text(xcap_result *r) {
-    text_buf b = {0};
+    strbuf b = {0};
     for (int i = 0; i < r->n_hyps; i++) {
-        buf_str(&b, caption_strip(r->hyps[i].text));
-        buf_put(&b, "\n", 1);
+        strbuf_puts(&b, caption_strip(r->hyps[i].text));
+        strbuf_put(&b, "\n", 1);
     }
-    return buf_take(&b);
+    return strbuf_take(&b);
 }
 
 /* ---- writing ---- */

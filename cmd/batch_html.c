@@ -13,6 +13,7 @@
 
 #include <stb/stb_image_write.h>
 
+#include "cmd/strbuf.h"
 #include "cmd/batch.h"
 #include "cmd/image.h"
 
@@ -100,45 +101,19 @@ int batch_write_thumb(const char *thumb_path, const uint8_t *rgb, int width, int
 
 /* ---- text helpers ---- */
 
-typedef struct {
-    char *s;
-    size_t n, cap;
-    int failed;
-} page_buf;
-
-static void put(page_buf *b, const char *s, size_t n) {
-    if (b->failed) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 65536;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *bigger = realloc(b->s, cap);
-        if (!bigger) {
-            b->failed = 1;
-            return;
-        }
-        b->s = bigger;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = '\0';
-}
-
-static void puts_(page_buf *b, const char *s) { put(b, s, strlen(s)); }
-
-static void putf(page_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void putf(page_buf *b, const char *fmt, ...) {
+static void putf(strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void putf(strbuf *b, const char *fmt, ...) {
     char tmp[512];
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
-    if (n > 0) put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+    if (n > 0) strbuf_put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
 }
 
 /* Text into HTML: valid UTF-8 (stray bytes shown as U+FFFD) with the five special characters
  * escaped. */
-static void put_text(page_buf *b, const char *s) {
+static void put_text(strbuf *b, const char *s) {
     char *clean = utf8_sanitize(s, strlen(s));
     if (!clean) {
         b->failed = 1;
@@ -146,13 +121,13 @@ static void put_text(page_buf *b, const char *s) {
     }
     for (const char *p = clean; *p; p++) {
         switch (*p) {
-        case '&': puts_(b, "&amp;"); break;
-        case '<': puts_(b, "&lt;"); break;
-        case '>': puts_(b, "&gt;"); break;
-        case '"': puts_(b, "&quot;"); break;
-        case '\'': puts_(b, "&#39;"); break;
-        case '\n': puts_(b, "&#10;"); break;
-        default: put(b, p, 1);
+        case '&': strbuf_puts(b, "&amp;"); break;
+        case '<': strbuf_puts(b, "&lt;"); break;
+        case '>': strbuf_puts(b, "&gt;"); break;
+        case '"': strbuf_puts(b, "&quot;"); break;
+        case '\'': strbuf_puts(b, "&#39;"); break;
+        case '\n': strbuf_puts(b, "&#10;"); break;
+        default: strbuf_put(b, p, 1);
         }
     }
     free(clean);
@@ -160,14 +135,14 @@ static void put_text(page_buf *b, const char *s) {
 
 /* A path into a URL: every byte but the unreserved ones and '/' percent-encoded, so any file
  * name (spaces, '#', '?', bytes that are not UTF-8) links to that exact file. */
-static void put_url(page_buf *b, const char *path) {
+static void put_url(strbuf *b, const char *path) {
     static const char hex[] = "0123456789ABCDEF";
     for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
         if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || strchr("-._~/", *p)) {
-            put(b, (const char *)p, 1);
+            strbuf_put(b, (const char *)p, 1);
         } else {
             char enc[3] = {'%', hex[*p >> 4], hex[*p & 15]};
-            put(b, enc, 3);
+            strbuf_put(b, enc, 3);
         }
     }
 }
@@ -215,18 +190,18 @@ static void page_name(char *out, size_t n, int page) {
     else snprintf(out, n, "page-%d.html", page);
 }
 
-static void put_head(page_buf *b, const char *title, const char *heading) {
-    puts_(b, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>");
+static void put_head(strbuf *b, const char *title, const char *heading) {
+    strbuf_puts(b, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>");
     put_text(b, title);
-    puts_(b, "</title>");
-    puts_(b, style);
-    puts_(b, "</head><body>\n<h1>");
+    strbuf_puts(b, "</title>");
+    strbuf_puts(b, style);
+    strbuf_puts(b, "</head><body>\n<h1>");
     put_text(b, heading);
-    puts_(b, "</h1>\n");
+    strbuf_puts(b, "</h1>\n");
 }
 
-static void put_nav(page_buf *b, int page, int n_pages, size_t failed) {
-    puts_(b, "<nav>");
+static void put_nav(strbuf *b, int page, int n_pages, size_t failed) {
+    strbuf_puts(b, "<nav>");
     char name[32];
     if (page > 1) {
         page_name(name, sizeof name, page - 1);
@@ -242,7 +217,7 @@ static void put_nav(page_buf *b, int page, int n_pages, size_t failed) {
         putf(b, "<a href=\"%s\">next &rarr;</a>", name);
     }
     if (failed) putf(b, " &middot; <a href=\"failures.html\">%zu failed</a>", failed);
-    puts_(b, "</nav>\n");
+    strbuf_puts(b, "</nav>\n");
 }
 
 /* A link from the gallery folder to the image, or NULL when the image cannot be found. */
@@ -275,12 +250,12 @@ int batch_write_html(const char *dir, const batch_html_entry *entries, size_t n,
     int n_pages = n ? (int)((n + (size_t)page_size - 1) / (size_t)page_size) : 1;
     int rc = 0;
     for (int page = 1; page <= n_pages && rc == 0; page++) {
-        page_buf b = {0};
+        strbuf b = {0};
         char heading[256];
         snprintf(heading, sizeof heading, "%zu images: %zu captioned, %zu failed", n, captioned, failed);
         put_head(&b, title, heading);
         put_nav(&b, page, n_pages, failed);
-        puts_(&b, "<div class=\"grid\">\n");
+        strbuf_puts(&b, "<div class=\"grid\">\n");
         size_t first = (size_t)(page - 1) * (size_t)page_size;
         for (size_t i = first; i < n && i < first + (size_t)page_size; i++) {
             const batch_html_entry *e = &entries[i];
@@ -301,48 +276,48 @@ int batch_write_html(const char *dir, const batch_html_entry *entries, size_t n,
                 }
                 if (thumb && file_exists(thumb)) {
                     if (link) {
-                        puts_(&b, "<a href=\"");
+                        strbuf_puts(&b, "<a href=\"");
                         put_url(&b, link);
-                        puts_(&b, "\">");
+                        strbuf_puts(&b, "\">");
                     }
-                    puts_(&b, "<img loading=\"lazy\" src=\"");
+                    strbuf_puts(&b, "<img loading=\"lazy\" src=\"");
                     put_url(&b, thumb + strlen(dir) + 1);
-                    puts_(&b, "\" alt=\"");
+                    strbuf_puts(&b, "\" alt=\"");
                     put_text(&b, r->caption);
-                    puts_(&b, "\">");
-                    if (link) puts_(&b, "</a>");
+                    strbuf_puts(&b, "\">");
+                    if (link) strbuf_puts(&b, "</a>");
                 }
                 free(thumb);
-                puts_(&b, "<figcaption><div class=\"cap\">");
+                strbuf_puts(&b, "<figcaption><div class=\"cap\">");
                 if (*r->caption) put_text(&b, r->caption);
-                else puts_(&b, "<span class=\"meta\">(empty caption)</span>");
-                puts_(&b, "</div>");
+                else strbuf_puts(&b, "<span class=\"meta\">(empty caption)</span>");
+                strbuf_puts(&b, "</div>");
             } else {
-                puts_(&b, "<figcaption>");
+                strbuf_puts(&b, "<figcaption>");
                 if (r) {
-                    puts_(&b, "<div class=\"err\">");
+                    strbuf_puts(&b, "<div class=\"err\">");
                     put_text(&b, r->error);
-                    puts_(&b, "</div>");
+                    strbuf_puts(&b, "</div>");
                 } else {
-                    puts_(&b, "<div class=\"err\">not captioned (the run stopped early)</div>");
+                    strbuf_puts(&b, "<div class=\"err\">not captioned (the run stopped early)</div>");
                 }
             }
-            puts_(&b, "<div class=\"meta\">");
+            strbuf_puts(&b, "<div class=\"meta\">");
             if (link) {
-                puts_(&b, "<a href=\"");
+                strbuf_puts(&b, "<a href=\"");
                 put_url(&b, link);
-                puts_(&b, "\">");
+                strbuf_puts(&b, "\">");
             }
             put_text(&b, e->path);
-            if (link) puts_(&b, "</a>");
+            if (link) strbuf_puts(&b, "</a>");
             if (r && r->width > 0) putf(&b, " &middot; %d&times;%d", r->width, r->height);
             if (r && r->caption) putf(&b, " &middot; score %.3f", r->score);
-            puts_(&b, "</div></figcaption></figure>\n");
+            strbuf_puts(&b, "</div></figcaption></figure>\n");
             free(link);
         }
-        puts_(&b, "</div>\n");
+        strbuf_puts(&b, "</div>\n");
         put_nav(&b, page, n_pages, failed);
-        puts_(&b, "</body></html>\n");
+        strbuf_puts(&b, "</body></html>\n");
         char name[32], path[PATH_MAX];
         page_name(name, sizeof name, page);
         snprintf(path, sizeof path, "%s/%s", dir, name);
@@ -353,21 +328,21 @@ int batch_write_html(const char *dir, const batch_html_entry *entries, size_t n,
         free(b.s);
     }
     if (rc == 0) {
-        page_buf b = {0};
+        strbuf b = {0};
         char heading[128];
         snprintf(heading, sizeof heading, "%zu failed of %zu images", failed, n);
         put_head(&b, title, heading);
-        puts_(&b, "<nav><a href=\"index.html\">&larr; gallery</a></nav>\n<table>\n");
+        strbuf_puts(&b, "<nav><a href=\"index.html\">&larr; gallery</a></nav>\n<table>\n");
         for (size_t i = 0; i < n; i++) {
             const batch_record *r = entries[i].rec;
             if (!r || !r->error) continue;
-            puts_(&b, "<tr><td>");
+            strbuf_puts(&b, "<tr><td>");
             put_text(&b, entries[i].path);
-            puts_(&b, "</td><td class=\"err\">");
+            strbuf_puts(&b, "</td><td class=\"err\">");
             put_text(&b, r->error);
-            puts_(&b, "</td></tr>\n");
+            strbuf_puts(&b, "</td></tr>\n");
         }
-        puts_(&b, "</table>\n</body></html>\n");
+        strbuf_puts(&b, "</table>\n</body></html>\n");
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/failures.html", dir);
         if (b.failed || write_file_atomic(path, b.s, b.n) != 0) {

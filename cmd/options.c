@@ -39,8 +39,7 @@ static int parse_float(const char *flag, const char *s, double lo, double hi, fl
     return 0;
 }
 
-/* Matches "--name VALUE" and "--name=VALUE" (and a short alias with a separate value). */
-static int match(int argc, char **argv, int *i, const char *lng, const char *shrt, const char **value) {
+int options_take_value(int argc, char **argv, int *i, const char *lng, const char *shrt, const char **value) {
     const char *a = argv[*i];
     size_t n = strlen(lng);
     if (!strncmp(a, lng, n) && a[n] == '=') {
@@ -49,7 +48,7 @@ static int match(int argc, char **argv, int *i, const char *lng, const char *shr
     }
     if (strcmp(a, lng) != 0 && !(shrt && !strcmp(a, shrt))) return 0;
     if (*i + 1 >= argc) {
-        fprintf(stderr, "xcap: %s needs a value\n", a);
+        fprintf(stderr, "xcap: option %s needs a value\n", a);
         *value = NULL;
         return -1;
     }
@@ -62,7 +61,7 @@ int options_parse_one(cli_options *o, int argc, char **argv, int *i) {
     const char *v;
     int m, rc = 0;
     const char *a = argv[*i];
-#define OPTION(lng, shrt) ((m = match(argc, argv, i, lng, shrt, &v)) != 0)
+#define OPTION(lng, shrt) ((m = options_take_value(argc, argv, i, lng, shrt, &v)) != 0)
     if (!strcmp(a, "--json")) return o->json = 1;
     if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) return o->verbose = 1;
     if (!strcmp(a, "--sample")) {

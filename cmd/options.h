@@ -34,6 +34,11 @@ void options_init(cli_options *o);
  * -1 on a bad value (message printed). */
 int options_parse_one(cli_options *o, int argc, char **argv, int *i);
 
+/* Matches argv[*i] as "--name VALUE", "--name=VALUE" or "SHORT VALUE" (shrt may be NULL):
+ * 1 matched (value set, *i advanced past a separate value), 0 another option, -1 value missing
+ * (message printed). */
+int options_take_value(int argc, char **argv, int *i, const char *lng, const char *shrt, const char **value);
+
 /* Prints the option list with defaults taken from xcap_default_params(). */
 void options_print_help(FILE *out);
 
