@@ -25,7 +25,9 @@
    over the patches, for the same tokens. A lenient second criterion, "overlap" (the peak
    patch's square shares any pixel with such a box), is reported beside it: with 16-pixel
    patches and objects of 21-35 pixels, a peak on a patch half covered by the object can have
-   its centre just outside the box.
+   its centre just outside the box. "any object" (peak centre inside the box of any object of
+   the scene, named or not) tells a map that finds the named object from one that finds
+   objects at all, whatever the word.
 
 Settings (what map is argmaxed), all over the noun tokens above:
 - L<l>/H<h>: one head of one decoder layer (attention.npy)
@@ -264,6 +266,10 @@ def markdown(result, layers, heads, per_head):
     lines.append(f"Lenient criterion (the peak patch's square touches the box; chance "
                  f"{100 * result['overlap']['chance']:.1f}%): {pct(ov[best['setting']])} for "
                  f"{best['setting']}; best {ov_best} ({pct(ov[ov_best])}).")
+    anyo = result["any_object"]["accuracy"]
+    lines.append(f"Peak on any object of the scene, named or not: {pct(anyo[best['setting']])} for "
+                 f"{best['setting']}, {pct(anyo['rollout all/mean'])} for rollout all/mean "
+                 "(a map that finds objects but not the one its word names scores high here only).")
     bm = result["best_mean_over_heads"]
     if bm["setting"] != best["setting"]:
         lines.append(f"Best mean over heads: **{bm['setting']}** ({pct(bm)}): `xcap attend {bm['flags']}`.")
@@ -363,7 +369,7 @@ def main(argv=None):
                          "depend on what is drawn")
         rollout_dirs[setting] = dirs
 
-    hits, overlaps, n_scored, hallucinated, chance, chance_overlap = {}, {}, 0, 0, 0.0, 0.0
+    hits, overlaps, on_any, n_scored, hallucinated, chance, chance_overlap = {}, {}, {}, 0, 0, 0.0, 0.0
     checked_default = 0
     tokens_out = open(os.path.join(args.out, "tokens.jsonl"), "w", encoding="utf-8")
     for record in records:
@@ -397,6 +403,7 @@ def main(argv=None):
                 continue
             in_box = inside_any(cx, cy, boxes)
             touching = patch_overlaps(rows, cols, width, height, boxes)
+            any_box = inside_any(cx, cy, [o["box"] for o in record["objects"]])
             chance_overlap += touching.mean()
             n_scored += 1
             chance += in_box.mean()
@@ -406,6 +413,7 @@ def main(argv=None):
                 peaks[setting] = peak
                 hits[setting] = hits.get(setting, 0) + bool(in_box[peak])
                 overlaps[setting] = overlaps.get(setting, 0) + bool(touching[peak])
+                on_any[setting] = on_any.get(setting, 0) + bool(any_box[peak])
             tokens_out.write(json.dumps({"file": name, "token": tok["index"], "word": word, "class": noun,
                                          "caption": captions[name]["caption"], "peaks": peaks}) + "\n")
     tokens_out.close()
@@ -431,6 +439,8 @@ def main(argv=None):
         "overlap": {"rule": "the peak patch's square shares a pixel with a box of the class",
                     "chance": round(chance_overlap / n_scored, 4),
                     "accuracy": {k: rate(v, n_scored) for k, v in overlaps.items()}},
+        "any_object": {"rule": "the peak patch's centre lies in the box of any object of the scene",
+                       "accuracy": {k: rate(v, n_scored) for k, v in on_any.items()}},
         "accuracy": accuracy,
         "best": {"setting": best, "flags": flags_of(best), **accuracy[best]},
         "best_mean_over_heads": {"setting": best_mean, "flags": flags_of(best_mean), **accuracy[best_mean]},
