@@ -32,7 +32,8 @@
 Settings (what map is argmaxed), all over the noun tokens above:
 - L<l>/H<h>: one head of one decoder layer (attention.npy)
 - L<l>/mean, L<l>/max: mean over that layer's heads; elementwise max over its heads
-- all/mean: mean over layers and heads; all/max: elementwise max over every layer and head
+- all/mean: mean over layers and heads; all/max: mean over layers of each layer's max over
+  heads (as `xcap attend --layer all --head max`)
 - rollout L<l>/mean, rollout all/mean: the same maps carried back to the input patches
   through the encoder (what `xcap attend --fusion rollout` draws)
 
@@ -183,8 +184,9 @@ def npy_maps(att):
             maps[f"L{l}/H{h}"] = att[:, l, h]
         maps[f"L{l}/mean"] = att[:, l].mean(axis=1)
         maps[f"L{l}/max"] = att[:, l].max(axis=1)
+    # "all" is xcap's --layer all: the mean over layers of each layer's head choice
     maps["all/mean"] = att.mean(axis=(1, 2))
-    maps["all/max"] = att.max(axis=(1, 2))
+    maps["all/max"] = att.max(axis=2).mean(axis=1)
     return maps
 
 
@@ -380,8 +382,10 @@ def main(argv=None):
         # The drawn map of the first pass (xcap's default choice) must be one of ours: this
         # checks that our reading of the array's axes is xcap's.
         drawn = meta["drawn"]
-        if drawn["fusion"] == "none" and drawn["head"] == "mean" and isinstance(drawn["layer"], int):
-            ours = maps[f"L{drawn['layer']}/mean"][:, 1:]
+        key = (("all" if drawn["layer"] == "all" else f"L{drawn['layer']}") + "/"
+               + (drawn["head"] if isinstance(drawn["head"], str) else f"H{drawn['head']}"))
+        if drawn["fusion"] == "none" and key in maps:
+            ours = maps[key][:, 1:]
             ours = ours / ours.sum(axis=1, keepdims=True)
             theirs = np.array(meta["maps"]["tokens"], dtype=np.float64).reshape(len(ours), -1)
             if not np.allclose(ours, theirs, atol=1e-4):
