@@ -4,7 +4,8 @@
         [--out DIR] [--threads T] [--rollout-heads] [--keep-maps] [--fill-card]
 
 1. Renders the first N scenes of stream (S, train split) that have two or more objects (scenes
-   with one object are skipped: a single object grounds trivially), the same pixels and records
+   with one object are skipped: only with several objects must a map pick the named one), the
+   same pixels and records
    as weights/world/scenes.py writes, into OUT/scenes/ with OUT/scenes/scenes.jsonl. S must
    differ from the training stream (seed 1) and the validation set (seed 1001).
 2. Captions them with `xcap caption --json --attention-dir` (one process per pass, the model
