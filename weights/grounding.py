@@ -5,9 +5,9 @@
 
 1. Renders the first N scenes of stream (S, train split) that have two or more objects (scenes
    with one object are skipped: only with several objects must a map pick the named one), the
-   same pixels and records
-   as weights/world/scenes.py writes, into OUT/scenes/ with OUT/scenes/scenes.jsonl. S must
-   differ from the training stream (seed 1) and the validation set (seed 1001).
+   same pixels and records as weights/world/scenes.py writes, into OUT/scenes/ with
+   OUT/scenes/scenes.jsonl. S must differ from the training stream (seed 1) and the validation
+   set (seed 1001).
 2. Captions them with `xcap caption --json --attention-dir` (one process per pass, the model
    loaded once per pass, the model's own decoding settings: no decoding flag). The first pass
    keeps attention.npy ([tokens, decoder layers, heads, memory]) of every image; attention
