@@ -403,6 +403,8 @@ if command -v parallel >/dev/null; then
     parallel --will-cite -q "${B[@]}" -q --shard {}/3 -o "$TMP/par.{}.jsonl" "$TREE" ::: 1 2 3 2>/dev/null
     cat "$TMP"/par.*.jsonl >"$TMP/par.jsonl"
     same_records "GNU parallel shards" jsonl "$TMP/par.jsonl" jsonl "$TMP/base.jsonl"
+elif [ -n "${CI:-}" ]; then
+    fail "GNU parallel is not installed, and CI must run its shard case (apt-get install parallel)"
 else
     echo "note: test_batch: GNU parallel is not installed (apt-get install parallel); its case skipped" >&2
 fi
