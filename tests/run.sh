@@ -10,7 +10,10 @@ run_suite() {
     shift
     cmake -S . -B "$dir" "$@" >/dev/null
     cmake --build "$dir" -j "$jobs" >/dev/null
-    ctest --test-dir "$dir" --output-on-failure -j "$jobs"
+    # A failing test is run once more before it counts: the headless-Chromium check of
+    # `xcap attend`'s page depends on the browser's paint timing on a loaded machine. A test
+    # that fails twice fails the suite; a retry that passes still shows in the log.
+    ctest --test-dir "$dir" --output-on-failure -j "$jobs" --repeat until-pass:2
 }
 
 echo "== release build =="
