@@ -107,7 +107,8 @@ SESSION=$(printf '%s' "$REPLY_MSG" | sed -n 's/.*"sessionId":"\([^"]*\)".*/\1/p'
 check "attached to the page" test -n "$SESSION"
 loaded=""
 for _ in $(seq 1 100); do
-    js "document.readyState === 'complete' && Array.from(document.images).every(function (i) { return i.complete && i.naturalWidth > 0; })"
+    # the new target starts as a complete about:blank: wait for our file's document itself
+    js "location.protocol === 'file:' && document.readyState === 'complete' && document.querySelectorAll('.word').length > 0 && Array.from(document.images).every(function (i) { return i.complete && i.naturalWidth > 0; })"
     [ "$JS_VALUE" = true ] && { loaded=1; break; }
     sleep 0.1
 done
