@@ -88,6 +88,28 @@ static int char_to_byte(uint32_t c) {
 /* ---------------------------------------------------------------------------------------- */
 /* UTF-8 */
 
+/* For a multi-byte lead byte b: how many continuation bytes follow and the allowed range of the
+ * first of them (Unicode Table 3-7: no overlongs, surrogates or values above U+10FFFF). Returns
+ * 0 when b cannot start a multi-byte sequence. */
+static int utf8_lead(uint8_t b, size_t *need, uint8_t *lo, uint8_t *hi) {
+    *lo = 0x80;
+    *hi = 0xBF;
+    if (b >= 0xC2 && b <= 0xDF) {
+        *need = 1;
+    } else if (b >= 0xE0 && b <= 0xEF) {
+        *need = 2;
+        if (b == 0xE0) *lo = 0xA0;
+        if (b == 0xED) *hi = 0x9F;
+    } else if (b >= 0xF0 && b <= 0xF4) {
+        *need = 3;
+        if (b == 0xF0) *lo = 0x90;
+        if (b == 0xF4) *hi = 0x8F;
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
 /* Length of the well-formed UTF-8 sequence at s (Unicode Table 3-7: no overlongs, surrogates or
  * values above U+10FFFF), or 0 when s does not start one. */
 static size_t utf8_decode(const uint8_t *s, size_t n, uint32_t *cp) {
@@ -97,19 +119,8 @@ static size_t utf8_decode(const uint8_t *s, size_t n, uint32_t *cp) {
         return 1;
     }
     size_t need;
-    uint8_t lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
-    if (b >= 0xC2 && b <= 0xDF)
-        need = 1;
-    else if (b >= 0xE0 && b <= 0xEF) {
-        need = 2;
-        if (b == 0xE0) lo = 0xA0;
-        if (b == 0xED) hi = 0x9F;
-    } else if (b >= 0xF0 && b <= 0xF4) {
-        need = 3;
-        if (b == 0xF0) lo = 0x90;
-        if (b == 0xF4) hi = 0x8F;
-    } else
-        return 0;
+    uint8_t lo, hi;
+    if (!utf8_lead(b, &need, &lo, &hi)) return 0;
     if (n < need + 1 || s[1] < lo || s[1] > hi) return 0;
     for (size_t k = 2; k <= need; k++)
         if (s[k] < 0x80 || s[k] > 0xBF) return 0;
@@ -125,19 +136,8 @@ static size_t utf8_decode(const uint8_t *s, size_t n, uint32_t *cp) {
 static size_t utf8_bad_len(const uint8_t *s, size_t n) {
     uint8_t b = s[0];
     size_t need;
-    uint8_t lo = 0x80, hi = 0xBF;
-    if (b >= 0xC2 && b <= 0xDF)
-        need = 1;
-    else if (b >= 0xE0 && b <= 0xEF) {
-        need = 2;
-        if (b == 0xE0) lo = 0xA0;
-        if (b == 0xED) hi = 0x9F;
-    } else if (b >= 0xF0 && b <= 0xF4) {
-        need = 3;
-        if (b == 0xF0) lo = 0x90;
-        if (b == 0xF4) hi = 0x8F;
-    } else
-        return 1;
+    uint8_t lo, hi;
+    if (!utf8_lead(b, &need, &lo, &hi)) return 1;
     if (n < 2 || s[1] < lo || s[1] > hi) return 1;
     size_t k = 2;
     while (k <= need && k < n && s[k] >= 0x80 && s[k] <= 0xBF) k++;
