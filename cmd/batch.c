@@ -39,9 +39,10 @@ static void batch_usage(FILE *out) {
             "      --html-page-size N   images per gallery page (default: %d)\n"
             "Speed:\n"
             "  -j, --jobs N             captioning threads, each with its own state (default: 1; with\n"
-            "                           several, each uses one BLAS thread)\n"
+            "                           several, each computes on one thread)\n"
             "      --decode-threads N   image decoding threads, working ahead of captioning (default: 1)\n"
-            "      --batch-size N       decoded images kept ready per captioning thread (default: %d)\n"
+            "      --batch-size N       images per encoder pass and lock-step decoding group, 1 to 64\n"
+            "                           (default: %d); records are the same for any N\n"
             "Progress:\n"
             "  -q, --quiet              no progress and no summary on standard error\n"
             "      --progress-interval S  seconds between progress lines when standard error is not a\n"
@@ -150,7 +151,7 @@ static int parse_batch_option(batch_settings *s, int argc, char **argv, int *i) 
     } else if (VALUE("--decode-threads", NULL)) {
         if (m < 0 || parse_count("--decode-threads", v, 1, 256, &s->decode_threads)) return -1;
     } else if (VALUE("--batch-size", NULL)) {
-        if (m < 0 || parse_count("--batch-size", v, 1, 4096, &s->batch_size)) return -1;
+        if (m < 0 || parse_count("--batch-size", v, 1, BATCH_MAX_GROUP, &s->batch_size)) return -1;
     } else if (VALUE("--html-page-size", NULL)) {
         if (m < 0 || parse_count("--html-page-size", v, 1, 1000000, &s->page_size)) return -1;
     } else if (VALUE("--progress-interval", NULL)) {
@@ -309,8 +310,8 @@ int cmd_batch(int argc, char **argv) {
     }
     if (s.output && !strcmp(s.output, "-")) s.output = NULL;
     if (s.jobs > 1 && (opt.set & OPT_THREADS) && opt.values.n_threads != 1) {
-        /* OpenBLAS keeps one thread count for the whole process; workers that each set a
-         * different one would race. */
+        /* Jobs already share the cores; letting each one also fan out to all of them would
+         * only oversubscribe. */
         fprintf(stderr, "xcap batch: --jobs %d runs each job on one thread; --threads must be 1 with it\n", s.jobs);
         goto done;
     }

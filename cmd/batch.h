@@ -172,6 +172,8 @@ int batch_write_html(const char *dir, const batch_html_entry *entries, size_t n,
 
 /* ---- the run (batch_pipeline.c) ---- */
 
+enum { BATCH_MAX_GROUP = 64 };
+
 typedef struct {
     batch_format format;
     int out_fd;          /* JSONL/CSV records */
@@ -179,7 +181,7 @@ typedef struct {
     int n_best;          /* CSV columns */
     int jobs;            /* captioning threads, each with its own xcap_state */
     int decode_threads;
-    int batch_size;      /* decoded images kept ready per captioning thread */
+    int batch_size;      /* images per xcap_caption_batch call (at most BATCH_MAX_GROUP) */
     const char *html_dir;
     int verbose;
     long kill_after;     /* test hook: SIGKILL after this many records (0 = off) */

@@ -121,42 +121,72 @@ static slot *next_decoded(pipeline *p, int *pending) {
     return NULL;
 }
 
+/* Captions a group of decoded slots in one xcap_caption_batch call (one encoder pass, decoding
+ * in lock step). The library computes every row of a batched matrix product exactly as it
+ * would alone, so each record is bit-identical to what `xcap caption` prints for that file,
+ * whichever images happened to share the group (thread timing, --shard, resume). Called
+ * without the lock; the slots are in SLOT_CAPTIONING and belong to this thread. */
+static void caption_group(worker *wk, slot **group, int count) {
+    pipeline *p = wk->p;
+    char err[1024];
+    xcap_image imgs[BATCH_MAX_GROUP];
+    xcap_result results[BATCH_MAX_GROUP];
+    int status[BATCH_MAX_GROUP];
+    char *errors[BATCH_MAX_GROUP] = {0};
+    for (int g = 0; g < count; g++) imgs[g] = (xcap_image){group[g]->rgb, group[g]->width, group[g]->height};
+    int rc = xcap_caption_batch(wk->state, imgs, count, p->params, results, status, err, sizeof err);
+    for (int g = 0; g < count && rc != XCAP_OK; g++) {
+        if (status[g] == XCAP_OK) continue;
+        /* The batch call names only the first failure; the image alone gives its own message. */
+        xcap_result_free(&results[g]);
+        int again = xcap_caption(wk->state, imgs[g].rgb, imgs[g].width, imgs[g].height, p->params, &results[g], err,
+                                 sizeof err);
+        if (again == XCAP_OK) status[g] = XCAP_OK;
+        else errors[g] = message(p->todo[group[g]->index]->path, err);
+    }
+
+    pthread_mutex_lock(&p->mu);
+    for (int g = 0; g < count; g++) {
+        slot *s = group[g];
+        free(s->rgb);
+        s->rgb = NULL;
+        p->decoded_bytes -= (size_t)s->width * (size_t)s->height * 3;
+        if (status[g] == XCAP_OK) {
+            s->result = results[g];
+            s->has_result = 1;
+        } else {
+            xcap_result_free(&results[g]);
+            s->error = errors[g] ? errors[g] : dup_string("out of memory");
+        }
+        s->state = SLOT_DONE;
+    }
+    pthread_cond_broadcast(&p->changed);
+    pthread_mutex_unlock(&p->mu);
+}
+
 static void *caption_thread(void *arg) {
     worker *wk = arg;
     pipeline *p = wk->p;
-    char err[1024];
+    const int want = p->opt->batch_size < BATCH_MAX_GROUP ? p->opt->batch_size : BATCH_MAX_GROUP;
+    slot *group[BATCH_MAX_GROUP];
     pthread_mutex_lock(&p->mu);
     for (;;) {
-        int pending;
-        slot *s = next_decoded(p, &pending);
-        if (!s) {
+        /* Take up to `want` decoded images, lowest index first. Waiting for a full group only
+         * while more images are being decoded keeps the last, short group from stalling. */
+        int count = 0, pending = 0;
+        slot *s;
+        while (count < want && (s = next_decoded(p, &pending)) != NULL) {
+            s->state = SLOT_CAPTIONING;
+            group[count++] = s;
+        }
+        if (count == 0) {
             if (p->stop || (p->next_decode >= p->n && !pending)) break;
             pthread_cond_wait(&p->changed, &p->mu);
             continue;
         }
-        s->state = SLOT_CAPTIONING;
         pthread_mutex_unlock(&p->mu);
-
-        /* One image per call, not xcap_caption_batch: a record must be bit-identical to what
-         * `xcap caption` prints and must not depend on which images shared a pass (thread timing,
-         * --shard, resume). OpenBLAS rounds a row differently depending on where it sits in a
-         * larger GEMM, so batched scores differ from single ones in the last bits. */
-        xcap_result result;
-        int rc = xcap_caption(wk->state, s->rgb, s->width, s->height, p->params, &result, err, sizeof err);
-        char *error = rc == XCAP_OK ? NULL : message(p->todo[s->index]->path, err);
-        free(s->rgb);
-
+        caption_group(wk, group, count);
         pthread_mutex_lock(&p->mu);
-        s->rgb = NULL;
-        p->decoded_bytes -= (size_t)s->width * (size_t)s->height * 3;
-        if (rc == XCAP_OK) {
-            s->result = result;
-            s->has_result = 1;
-        } else {
-            s->error = error ? error : dup_string("out of memory");
-        }
-        s->state = SLOT_DONE;
-        pthread_cond_broadcast(&p->changed);
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;

@@ -139,7 +139,7 @@ void options_print_help(FILE *out) {
             "Model and machine:\n"
             "  -m, --model DIR          model directory (default: $XCAP_MODEL, else the shipped model\n"
             "                           %s)\n"
-            "  -t, --threads N          threads for OpenBLAS and OpenMP (default: %d = all cores)\n"
+            "  -t, --threads N          compute threads (default: %d = all cores)\n"
             "Decoding (defaults: the model's generation_config.json, else these):\n"
             "      --max-tokens N       generate at most N tokens (wins over --max-length)\n"
             "      --max-length N       at most N tokens counting the start token (default: %d)\n"

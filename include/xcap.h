@@ -32,7 +32,7 @@ typedef enum {
 } xcap_early_stopping;
 
 typedef struct {
-    int n_threads;             /* OpenMP and OpenBLAS threads; 0 = all cores */
+    int n_threads;             /* OpenMP threads; 0 = all cores (results do not depend on it) */
     int max_length;            /* counts the start token, as transformers does */
     int max_new_tokens;        /* > 0: generated tokens only, wins over max_length */
     int min_length;            /* eos banned while the sequence is shorter (start token counted) */

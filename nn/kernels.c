@@ -1,32 +1,12 @@
 #include "nn/kernels.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <string.h>
 
 void nn_set_threads(int n) {
     if (n <= 0) n = omp_get_num_procs();
-    openblas_set_num_threads(n);
     omp_set_num_threads(n);
-}
-
-static void broadcast_bias(float *y, const float *b, int T, int N) {
-    if (b) {
-        for (int t = 0; t < T; t++) memcpy(y + (size_t)t * N, b, (size_t)N * sizeof *y);
-    } else {
-        memset(y, 0, (size_t)T * N * sizeof *y);
-    }
-}
-
-void matmul_kn(float *y, const float *x, const float *w, const float *b, int T, int K, int N) {
-    broadcast_bias(y, b, T, N);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, N, K, 1.0f, x, K, w, N, 1.0f, y, N);
-}
-
-void matmul_nk(float *y, const float *x, const float *w, const float *b, int T, int K, int N) {
-    broadcast_bias(y, b, T, N);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, x, K, w, K, 1.0f, y, N);
 }
 
 void layernorm(float *y, const float *x, const float *gamma, const float *beta, int T, int C, float eps) {

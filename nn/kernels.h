@@ -1,18 +1,13 @@
-/* The kernels shared by the image encoder and the text decoder (fp32). Shapes are row-major;
- * T = rows (tokens), K = input features, N = output features. Each fast kernel has a plain
- * loop twin in tests/ that it is checked against. */
+/* The kernels shared by the image encoder and the text decoder (fp32, row-major), besides the
+ * linear layers of nn/linear.h. Each fast kernel has a plain loop twin in tests/ that it is
+ * checked against. */
 #ifndef XCAP_NN_KERNELS_H
 #define XCAP_NN_KERNELS_H
 
 #include <stddef.h>
 
-/* Sets OpenBLAS's and OpenMP's thread counts together (n <= 0: all cores). */
+/* Sets the OpenMP thread count every kernel uses (n <= 0: all cores). */
 void nn_set_threads(int n);
-
-/* y[T,N] = x[T,K] · W + b, W stored [K,N]: GPT-2's Conv1D layout. b may be NULL. */
-void matmul_kn(float *y, const float *x, const float *w, const float *b, int T, int K, int N);
-/* y[T,N] = x[T,K] · Wᵀ + b, W stored [N,K]: nn.Linear's layout (ViT, tied lm_head). */
-void matmul_nk(float *y, const float *x, const float *w, const float *b, int T, int K, int N);
 
 /* Mean and biased variance over the last axis: (x − μ)/√(σ² + eps)·γ + β. y may alias x. */
 void layernorm(float *y, const float *x, const float *gamma, const float *beta, int T, int C, float eps);

@@ -9,6 +9,7 @@
 #include "cmd/image.h"
 #include "harness.h"
 #include "nn/kernels.h"
+#include "nn/linear.h"
 #include "text/decoder.h"
 #include "text/generate.h"
 #include "weights/model.h"
@@ -107,9 +108,9 @@ static float *image_memory(const xcap_model *m, const uint8_t *rgb, int w, int h
     preprocess_image(rgb, w, h, &m->pre, pixels, err, sizeof err);
     vit_forward(m, &vr, pixels, enc, NULL, NULL);
     float *memory = enc;
-    if (m->dec.enc_to_dec_w) {
+    if (m->dec.has_enc_to_dec) {
         memory = malloc((size_t)M * c->dec_hidden * sizeof *memory);
-        matmul_nk(memory, enc, m->dec.enc_to_dec_w, m->dec.enc_to_dec_b, M, c->enc_hidden, c->dec_hidden);
+        nn_linear_forward(memory, c->dec_hidden, enc, c->enc_hidden, &m->dec.enc_to_dec, M);
         free(enc);
     }
     free(pixels);

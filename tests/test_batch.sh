@@ -265,6 +265,11 @@ check cmp -s "$TMP/out" "$TMP/base.jsonl"
 check test ! -s "$TMP/err" # --quiet
 run "order does not depend on threads" 1 "${B[@]}" -q -j 2 --decode-threads 3 --batch-size 1 "$TREE"
 check cmp -s "$TMP/out" "$TMP/base.jsonl"
+# Records, scores included, are the same bytes whichever images share an encoder pass.
+for size in 3 64; do
+    run "--batch-size $size gives the same records" 1 "${B[@]}" -q --decode-threads 3 --batch-size "$size" "$TREE"
+    check cmp -s "$TMP/out" "$TMP/base.jsonl"
+done
 run "an argument inside another is not doubled" 0 "${B[@]}" -q "$TREE/nested" "$TREE/top.png" "$TREE/nested/anim.gif"
 check test "$(wc -l <"$TMP/out")" -eq 7 # nested: 6 images, anim.gif named twice: once
 run "a good tree exits 0" 0 "${B[@]}" -q "$TREE/many" "$TREE/nested"

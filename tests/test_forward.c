@@ -10,6 +10,7 @@
 #include "cmd/image.h"
 #include "harness.h"
 #include "nn/kernels.h"
+#include "nn/linear.h"
 #include "text/decoder.h"
 #include "vision/preprocess.h"
 #include "vision/vit.h"
@@ -55,7 +56,7 @@ static void check_image(const xcap_model *m, const char *model_name, const char 
         snprintf(what, sizeof what, "%s %s encoder layer %d", model_name, image_path, i);
         check_close_npy(what, layers[i], (size_t)M * D, golden(gdir, name), TOL);
     }
-    if (m->dec.enc_to_dec_w) matmul_nk(memory, enc, m->dec.enc_to_dec_w, m->dec.enc_to_dec_b, M, D, E);
+    if (m->dec.has_enc_to_dec) nn_linear_forward(memory, E, enc, D, &m->dec.enc_to_dec, M);
     else memcpy(memory, enc, (size_t)M * D * sizeof *memory);
     snprintf(what, sizeof what, "%s %s memory", model_name, image_path);
     check_close_npy(what, memory, (size_t)M * E, golden(gdir, "memory.npy"), TOL);

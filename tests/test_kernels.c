@@ -14,36 +14,6 @@ static float *rand_buf(size_t n) {
     return b;
 }
 
-static void naive_matmul(float *y, const float *x, const float *w, const float *b, int T, int K, int N, int w_is_nk) {
-    for (int t = 0; t < T; t++)
-        for (int n = 0; n < N; n++) {
-            double s = b ? b[n] : 0.0;
-            for (int k = 0; k < K; k++) s += (double)x[t * K + k] * (w_is_nk ? w[n * K + k] : w[k * N + n]);
-            y[t * N + n] = (float)s;
-        }
-}
-
-static void test_matmul(void) {
-    const int shapes[][3] = {{1, 1, 1}, {1, 3, 17}, {3, 17, 1}, {17, 64, 3}, {197, 48, 17}, {5, 197, 33}, {2, 130, 257}};
-    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
-        int T = shapes[i][0], K = shapes[i][1], N = shapes[i][2];
-        for (int nk = 0; nk < 2; nk++)
-            for (int with_bias = 0; with_bias < 2; with_bias++) {
-                float *x = rand_buf((size_t)T * K), *w = rand_buf((size_t)K * N), *b = rand_buf(N);
-                float *y = malloc((size_t)T * N * sizeof *y), *ref = malloc((size_t)T * N * sizeof *ref);
-                const float *bias = with_bias ? b : NULL;
-                if (nk) matmul_nk(y, x, w, bias, T, K, N);
-                else matmul_kn(y, x, w, bias, T, K, N);
-                naive_matmul(ref, x, w, bias, T, K, N, nk);
-                float d = max_abs_diff(y, ref, (size_t)T * N);
-                /* fp32 accumulation of K products of magnitude ≤ 1: error grows like K·eps */
-                CHECK(d <= 1e-6f * K + 1e-6f, "matmul_%s T=%d K=%d N=%d bias=%d: diff %g", nk ? "nk" : "kn", T, K, N,
-                      with_bias, d);
-                free(x), free(w), free(b), free(y), free(ref);
-            }
-    }
-}
-
 static void test_layernorm(void) {
     const int shapes[][2] = {{1, 1}, {3, 17}, {197, 64}, {2, 768}};
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
@@ -153,7 +123,6 @@ static void test_attention(void) {
 
 int main(void) {
     nn_set_threads(2);
-    test_matmul();
     test_layernorm();
     test_activations();
     test_softmax();

@@ -5,6 +5,7 @@
 
 #include "nn/common.h"
 #include "nn/kernels.h"
+#include "nn/linear.h"
 #include "text/decoder.h"
 #include "text/generate.h"
 #include "vision/preprocess.h"
@@ -41,7 +42,7 @@ static int reserve_encoder(xcap_state *st, int images, char *err, size_t errlen)
     vit_run vit;
     int rc = vit_run_init_batch(&vit, c, images, err, errlen);
     if (rc) return rc;
-    int project = st->m->dec.enc_to_dec_w != NULL;
+    int project = st->m->dec.has_enc_to_dec;
     float *pixels = malloc(B * 3 * S * S * sizeof(float));
     float *enc_out = malloc(B * M * c->enc_hidden * sizeof(float));
     float *memory = project ? malloc(B * M * c->dec_hidden * sizeof(float)) : enc_out;
@@ -243,9 +244,8 @@ static void caption_chunk(xcap_state *st, const xcap_image *imgs, int first, int
     }
     if (B == 0) return;
     vit_forward_batch(m, &st->vit, st->pixels, B, st->enc_out, NULL, p->output_attentions ? maps : NULL);
-    if (m->dec.enc_to_dec_w)
-        matmul_nk(st->memory, st->enc_out, m->dec.enc_to_dec_w, m->dec.enc_to_dec_b, (int)(B * M), c->enc_hidden,
-                  c->dec_hidden);
+    if (m->dec.has_enc_to_dec)
+        nn_linear_forward(st->memory, c->dec_hidden, st->enc_out, c->enc_hidden, &m->dec.enc_to_dec, (int)(B * M));
     for (int b = 0; b < B; b++) {
         int i = which[b];
         decoder_cross_kv(m, &st->dec, st->memory + b * M * c->dec_hidden);

@@ -6,6 +6,7 @@
 
 #include "nn/common.h"
 #include "nn/kernels.h"
+#include "nn/linear.h"
 
 /* Zero-sized buffers (a model with no layers) still get a valid pointer. */
 static float *alloc_floats(size_t n) { return malloc((n ? n : 1) * sizeof(float)); }
@@ -64,7 +65,7 @@ void decoder_cross_kv(const xcap_model *m, decoder_run *r, const float *memory) 
     float *kv = r->cross_kv;
     for (int l = 0; l < c->dec_layers; l++) {
         const gpt2_layer_weights *w = &m->dec.layers[l];
-        matmul_kn(kv, memory, w->cross_kv_w, w->cross_kv_b, (int)M, (int)E, (int)(2 * E));
+        nn_linear_forward(kv, 2 * E, memory, E, &w->cross_kv, (int)M);
         float *k = r->cross_k + l * M * E, *v = r->cross_v + l * M * E;
         for (size_t t = 0; t < M; t++) {
             memcpy(k + t * E, kv + t * 2 * E, E * sizeof *k);
@@ -106,7 +107,7 @@ int decoder_step(const xcap_model *m, decoder_run *r, const int32_t *tokens, int
 
         /* 1. causal self-attention over this sequence's cache */
         layernorm(r->xn, r->x, w->ln_1_w, w->ln_1_b, n_seq, E, c->dec_eps);
-        matmul_kn(r->qkv, r->xn, w->attn_w, w->attn_b, n_seq, E, 3 * E);
+        nn_linear_forward(r->qkv, 3 * E, r->xn, E, &w->attn, n_seq);
         for (int s = 0; s < n_seq; s++) {
             float *kc = r->self_k + l * layer_stride + s * slot_stride, *vc = r->self_v + l * layer_stride + s * slot_stride;
             const float *qkv = r->qkv + (size_t)s * 3 * E;
@@ -114,29 +115,29 @@ int decoder_step(const xcap_model *m, decoder_run *r, const int32_t *tokens, int
             memcpy(vc + (size_t)pos * E, qkv + 2 * E, (size_t)E * sizeof *vc);
             attention(r->attn + (size_t)s * E, E, r->self_probs, qkv, 3 * E, kc, E, vc, E, 1, pos + 1, H, hd, scale, 0, 0);
         }
-        matmul_kn(r->xn, r->attn, w->attn_proj_w, w->attn_proj_b, n_seq, E, E);
+        nn_linear_forward(r->xn, E, r->attn, E, &w->attn_proj, n_seq);
         add_inplace(r->x, r->xn, (size_t)n_seq * E);
 
         /* 2. cross-attention: caption-token queries against the image's keys and values */
         layernorm(r->xn, r->x, w->ln_cross_w, w->ln_cross_b, n_seq, E, c->dec_eps);
-        matmul_kn(r->q, r->xn, w->cross_q_w, w->cross_q_b, n_seq, E, E);
+        nn_linear_forward(r->q, E, r->xn, E, &w->cross_q, n_seq);
         const float *ck = r->cross_k + (size_t)l * M * E, *cv = r->cross_v + (size_t)l * M * E;
         for (int s = 0; s < n_seq; s++) {
             float *maps = r->cross_probs + (((size_t)l * r->max_slots + s) * H) * M;
             attention(r->attn + (size_t)s * E, E, maps, r->q + (size_t)s * E, E, ck, E, cv, E, 1, M, H, hd, scale, 0, 0);
         }
-        matmul_kn(r->xn, r->attn, w->cross_proj_w, w->cross_proj_b, n_seq, E, E);
+        nn_linear_forward(r->xn, E, r->attn, E, &w->cross_proj, n_seq);
         add_inplace(r->x, r->xn, (size_t)n_seq * E);
 
         /* 3. MLP */
         layernorm(r->xn, r->x, w->ln_2_w, w->ln_2_b, n_seq, E, c->dec_eps);
-        matmul_kn(r->ff, r->xn, w->fc_w, w->fc_b, n_seq, E, F);
+        nn_linear_forward(r->ff, F, r->xn, E, &w->fc, n_seq);
         gelu_tanh(r->ff, (size_t)n_seq * F);
-        matmul_kn(r->xn, r->ff, w->mlp_proj_w, w->mlp_proj_b, n_seq, F, E);
+        nn_linear_forward(r->xn, E, r->ff, F, &w->mlp_proj, n_seq);
         add_inplace(r->x, r->xn, (size_t)n_seq * E);
     }
     layernorm(r->xn, r->x, W->ln_f_w, W->ln_f_b, n_seq, E, c->dec_eps);
-    matmul_nk(logits, r->xn, W->lm_head, NULL, n_seq, E, c->vocab_size);
+    nn_linear_forward(logits, c->vocab_size, r->xn, E, &W->lm_head, n_seq);
     return XCAP_OK;
 }
 

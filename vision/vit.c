@@ -6,6 +6,7 @@
 
 #include "nn/common.h"
 #include "nn/kernels.h"
+#include "nn/linear.h"
 
 int vit_run_init(vit_run *r, const xcap_config *c, char *err, size_t errlen) {
     return vit_run_init_batch(r, c, 1, err, errlen);
@@ -24,13 +25,11 @@ int vit_run_init_batch(vit_run *r, const xcap_config *c, int max_images, char *e
     r->patch_embed = malloc(B * n * D * sizeof(float));
     r->x = malloc(B * M * D * sizeof(float));
     r->xn = malloc(B * M * D * sizeof(float));
-    r->q = malloc(B * M * D * sizeof(float));
-    r->k = malloc(B * M * D * sizeof(float));
-    r->v = malloc(B * M * D * sizeof(float));
+    r->qkv = malloc(B * M * 3 * D * sizeof(float));
     r->attn = malloc(B * M * D * sizeof(float));
     r->probs = malloc(H * M * M * sizeof(float));
     r->ff = malloc(B * M * I * sizeof(float));
-    if (!r->patches || !r->patch_embed || !r->x || !r->xn || !r->q || !r->k || !r->v || !r->attn || !r->probs ||
+    if (!r->patches || !r->patch_embed || !r->x || !r->xn || !r->qkv || !r->attn || !r->probs ||
         !r->ff) {
         vit_run_free(r);
         return xcap_fail(err, errlen, XCAP_ERR_NOMEM, "out of memory for the encoder activations (%d images)",
@@ -44,9 +43,7 @@ void vit_run_free(vit_run *r) {
     free(r->patch_embed);
     free(r->x);
     free(r->xn);
-    free(r->q);
-    free(r->k);
-    free(r->v);
+    free(r->qkv);
     free(r->attn);
     free(r->probs);
     free(r->ff);
@@ -76,22 +73,20 @@ static void vit_layer(const xcap_config *c, const vit_layer_weights *w, vit_run 
     int M = r->n_tokens, D = c->enc_hidden, I = c->enc_intermediate, H = c->enc_heads, hd = D / H, R = B * M;
     size_t maps = (size_t)H * M * M;
     layernorm(r->xn, r->x, w->ln_before_w, w->ln_before_b, R, D, c->enc_eps);
-    matmul_nk(r->q, r->xn, w->q_w, w->q_b, R, D, D);
-    matmul_nk(r->k, r->xn, w->k_w, w->k_b, R, D, D);
-    matmul_nk(r->v, r->xn, w->v_w, w->v_b, R, D, D);
+    nn_linear_forward(r->qkv, 3 * D, r->xn, D, &w->qkv, R);
     for (int b = 0; b < B; b++) {
-        size_t off = (size_t)b * M * D;
-        attention(r->attn + off, D, r->probs, r->q + off, D, r->k + off, D, r->v + off, D, M, M, H, hd,
+        const float *q = r->qkv + (size_t)b * M * 3 * D;
+        attention(r->attn + (size_t)b * M * D, D, r->probs, q, 3 * D, q + D, 3 * D, q + 2 * D, 3 * D, M, M, H, hd,
                   1.0f / sqrtf((float)hd), 0, 0);
         if (attn_out && attn_out[b]) memcpy(attn_out[b], r->probs, maps * sizeof *r->probs);
     }
-    matmul_nk(r->xn, r->attn, w->attn_out_w, w->attn_out_b, R, D, D);
+    nn_linear_forward(r->xn, D, r->attn, D, &w->attn_out, R);
     add_inplace(r->x, r->xn, (size_t)R * D);
 
     layernorm(r->xn, r->x, w->ln_after_w, w->ln_after_b, R, D, c->enc_eps);
-    matmul_nk(r->ff, r->xn, w->fc_w, w->fc_b, R, D, I);
+    nn_linear_forward(r->ff, I, r->xn, D, &w->fc, R);
     gelu_erf(r->ff, (size_t)R * I);
-    matmul_nk(r->xn, r->ff, w->proj_w, w->proj_b, R, I, D);
+    nn_linear_forward(r->xn, D, r->ff, I, &w->proj, R);
     add_inplace(r->x, r->xn, (size_t)R * D);
 }
 
@@ -108,7 +103,7 @@ void vit_forward_batch(const xcap_model *m, vit_run *r, const float *pixels, int
     size_t patch_len = (size_t)3 * P * P, image_len = (size_t)3 * S * S;
 
     for (int b = 0; b < B; b++) unfold_patches(r->patches + (size_t)b * n * patch_len, pixels + b * image_len, S, P);
-    matmul_nk(r->patch_embed, r->patches, w->patch_w, w->patch_b, B * n, (int)patch_len, D);
+    nn_linear_forward(r->patch_embed, D, r->patches, patch_len, &w->patch, B * n);
 
     /* [CLS, patches...] + position embeddings (spec §4.2), image by image */
     for (int b = 0; b < B; b++) {

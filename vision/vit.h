@@ -20,7 +20,7 @@ typedef struct {
     float *patch_embed; /* [images][n, D] patch projections (before CLS and positions) */
     float *x;           /* [images][M, D] residual stream */
     float *xn;          /* [images][M, D] layernorm output */
-    float *q, *k, *v;   /* [images][M, D] */
+    float *qkv;         /* [images][M, 3D]: query, key, value side by side */
     float *attn;        /* [images][M, D] attention output, heads concatenated */
     float *probs;       /* [heads, M, M] self-attention probabilities of the last image and layer run */
     float *ff;          /* [images][M, I] */

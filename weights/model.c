@@ -87,6 +87,48 @@ static int need(loader *L, const float **out, int ndim, const int64_t *shape, co
     return as_f32(L, t, out);
 }
 
+/* A converted copy that only fed a packed layer is not needed afterwards. */
+static void release_owned(xcap_model *m, const float *p) {
+    for (int i = 0; i < m->n_owned; i++)
+        if (m->owned[i] == p) {
+            free(m->owned[i]);
+            m->owned[i] = m->owned[--m->n_owned];
+            return;
+        }
+}
+
+typedef enum { STORED_KN, STORED_NK } weight_layout;
+
+/* Packs a loaded weight (and bias, may be NULL) for nn_linear_forward, then drops the
+ * converted copies it came from. K inputs, N outputs. */
+static int pack(loader *L, nn_linear *out, weight_layout layout, const float *w, const float *b, int64_t K, int64_t N,
+                const char *name) {
+    int rc = layout == STORED_KN ? nn_linear_pack_kn(out, w, b, (int)K, (int)N)
+                                 : nn_linear_pack_nk(out, w, b, (int)K, (int)N);
+    release_owned(L->m, w);
+    if (b) release_owned(L->m, b);
+    if (rc) return xcap_fail(L->err, L->errlen, XCAP_ERR_NOMEM, "%s: tensor %s: out of memory", L->path, name);
+    return XCAP_OK;
+}
+
+/* A Conv1D (GPT-2, weight [K,N]) or nn.Linear (weight [N,K]) layer with its bias, by name
+ * prefix: "<prefix>.weight", "<prefix>.bias". */
+static int need_linear(loader *L, nn_linear *out, weight_layout layout, int64_t K, int64_t N, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+static int need_linear(loader *L, nn_linear *out, weight_layout layout, int64_t K, int64_t N, const char *fmt, ...) {
+    char prefix[224];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    const float *w, *b;
+    int64_t shape[2] = {layout == STORED_KN ? K : N, layout == STORED_KN ? N : K};
+    int rc = need(L, &w, 2, shape, "%s.weight", prefix);
+    if (!rc) rc = need(L, &b, 1, &N, "%s.bias", prefix);
+    if (rc) return rc;
+    return pack(L, out, layout, w, b, K, N, prefix);
+}
+
 #define SHAPE(...) (sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), ((const int64_t[]){__VA_ARGS__})
 
 static int load_encoder(loader *L) {
@@ -95,33 +137,41 @@ static int load_encoder(loader *L) {
     int64_t D = c->enc_hidden, I = c->enc_intermediate, P = c->patch_size;
     int64_t g = c->image_size / c->patch_size, M = g * g + 1;
     int rc;
+    const float *patch_w, *patch_b;
     if ((rc = need(L, &w->cls_token, SHAPE(1, 1, D), "encoder.embeddings.cls_token"))) return rc;
     if ((rc = need(L, &w->pos_embed, SHAPE(1, M, D), "encoder.embeddings.position_embeddings"))) return rc;
-    if ((rc = need(L, &w->patch_w, SHAPE(D, 3, P, P), "encoder.embeddings.patch_embeddings.projection.weight"))) return rc;
-    if ((rc = need(L, &w->patch_b, SHAPE(D), "encoder.embeddings.patch_embeddings.projection.bias"))) return rc;
+    if ((rc = need(L, &patch_w, SHAPE(D, 3, P, P), "encoder.embeddings.patch_embeddings.projection.weight"))) return rc;
+    if ((rc = need(L, &patch_b, SHAPE(D), "encoder.embeddings.patch_embeddings.projection.bias"))) return rc;
+    /* The convolution weight [D,3,P,P] is an nn.Linear weight [D, 3·P·P] (spec §4.1). */
+    if ((rc = pack(L, &w->patch, STORED_NK, patch_w, patch_b, 3 * P * P, D, "encoder.embeddings.patch_embeddings")))
+        return rc;
     w->layers = calloc(c->enc_layers ? c->enc_layers : 1, sizeof *w->layers);
     if (!w->layers) return xcap_fail(L->err, L->errlen, XCAP_ERR_NOMEM, "out of memory");
     for (int i = 0; i < c->enc_layers; i++) {
         vit_layer_weights *l = &w->layers[i];
         const char *p = "encoder.encoder.layer";
+        const float *qkv[3], *qkv_b[3] = {NULL, NULL, NULL};
+        static const char *const names[3] = {"query", "key", "value"};
         if ((rc = need(L, &l->ln_before_w, SHAPE(D), "%s.%d.layernorm_before.weight", p, i))) return rc;
         if ((rc = need(L, &l->ln_before_b, SHAPE(D), "%s.%d.layernorm_before.bias", p, i))) return rc;
-        if ((rc = need(L, &l->q_w, SHAPE(D, D), "%s.%d.attention.attention.query.weight", p, i))) return rc;
-        if ((rc = need(L, &l->k_w, SHAPE(D, D), "%s.%d.attention.attention.key.weight", p, i))) return rc;
-        if ((rc = need(L, &l->v_w, SHAPE(D, D), "%s.%d.attention.attention.value.weight", p, i))) return rc;
-        if (c->qkv_bias) {
-            if ((rc = need(L, &l->q_b, SHAPE(D), "%s.%d.attention.attention.query.bias", p, i))) return rc;
-            if ((rc = need(L, &l->k_b, SHAPE(D), "%s.%d.attention.attention.key.bias", p, i))) return rc;
-            if ((rc = need(L, &l->v_b, SHAPE(D), "%s.%d.attention.attention.value.bias", p, i))) return rc;
+        for (int j = 0; j < 3; j++) {
+            if ((rc = need(L, &qkv[j], SHAPE(D, D), "%s.%d.attention.attention.%s.weight", p, i, names[j]))) return rc;
+            if (c->qkv_bias &&
+                (rc = need(L, &qkv_b[j], SHAPE(D), "%s.%d.attention.attention.%s.bias", p, i, names[j])))
+                return rc;
         }
-        if ((rc = need(L, &l->attn_out_w, SHAPE(D, D), "%s.%d.attention.output.dense.weight", p, i))) return rc;
-        if ((rc = need(L, &l->attn_out_b, SHAPE(D), "%s.%d.attention.output.dense.bias", p, i))) return rc;
+        const int widths[3] = {(int)D, (int)D, (int)D};
+        rc = nn_linear_pack_nk_concat(&l->qkv, qkv, qkv_b, widths, 3, (int)D);
+        for (int j = 0; j < 3; j++) {
+            release_owned(L->m, qkv[j]);
+            if (qkv_b[j]) release_owned(L->m, qkv_b[j]);
+        }
+        if (rc) return xcap_fail(L->err, L->errlen, XCAP_ERR_NOMEM, "%s: layer %d attention: out of memory", L->path, i);
+        if ((rc = need_linear(L, &l->attn_out, STORED_NK, D, D, "%s.%d.attention.output.dense", p, i))) return rc;
         if ((rc = need(L, &l->ln_after_w, SHAPE(D), "%s.%d.layernorm_after.weight", p, i))) return rc;
         if ((rc = need(L, &l->ln_after_b, SHAPE(D), "%s.%d.layernorm_after.bias", p, i))) return rc;
-        if ((rc = need(L, &l->fc_w, SHAPE(I, D), "%s.%d.intermediate.dense.weight", p, i))) return rc;
-        if ((rc = need(L, &l->fc_b, SHAPE(I), "%s.%d.intermediate.dense.bias", p, i))) return rc;
-        if ((rc = need(L, &l->proj_w, SHAPE(D, I), "%s.%d.output.dense.weight", p, i))) return rc;
-        if ((rc = need(L, &l->proj_b, SHAPE(D), "%s.%d.output.dense.bias", p, i))) return rc;
+        if ((rc = need_linear(L, &l->fc, STORED_NK, D, I, "%s.%d.intermediate.dense", p, i))) return rc;
+        if ((rc = need_linear(L, &l->proj, STORED_NK, I, D, "%s.%d.output.dense", p, i))) return rc;
     }
     if ((rc = need(L, &w->ln_w, SHAPE(D), "encoder.layernorm.weight"))) return rc;
     return need(L, &w->ln_b, SHAPE(D), "encoder.layernorm.bias");
@@ -134,22 +184,28 @@ static int load_embeddings(loader *L) {
     int64_t V = c->vocab_size, E = c->dec_hidden;
     const char *wte_name = "decoder.transformer.wte.weight", *head_name = "decoder.lm_head.weight";
     st_tensor *wte = st_find(&L->m->st, wte_name), *head = st_find(&L->m->st, head_name);
+    const float *head_w = NULL;
     int rc;
     if (c->tie_word_embeddings && !wte && head) {
-        if ((rc = need(L, &w->lm_head, SHAPE(V, E), "%s", head_name))) return rc;
-        w->wte = w->lm_head;
-        return XCAP_OK;
-    }
-    if ((rc = need(L, &w->wte, SHAPE(V, E), "%s", wte_name))) return rc;
-    if (c->tie_word_embeddings) {
-        w->lm_head = w->wte;
-        if (head) { /* stored twice: check it, use wte */
-            if ((rc = check_shape(L, head, 2, (const int64_t[]){V, E}))) return rc;
-            head->used = 1;
+        if ((rc = need(L, &w->wte, SHAPE(V, E), "%s", head_name))) return rc;
+        head_w = w->wte;
+    } else {
+        if ((rc = need(L, &w->wte, SHAPE(V, E), "%s", wte_name))) return rc;
+        if (c->tie_word_embeddings) {
+            head_w = w->wte;
+            if (head) { /* stored twice: check it, use wte */
+                if ((rc = check_shape(L, head, 2, (const int64_t[]){V, E}))) return rc;
+                head->used = 1;
+            }
+        } else if ((rc = need(L, &head_w, SHAPE(V, E), "%s", head_name))) {
+            return rc;
         }
-        return XCAP_OK;
     }
-    return need(L, &w->lm_head, SHAPE(V, E), "%s", head_name);
+    /* The token table stays (embedding lookups read it); only an untied head is released. */
+    rc = nn_linear_pack_nk(&w->lm_head, head_w, NULL, (int)E, (int)V);
+    if (head_w != w->wte) release_owned(L->m, head_w);
+    if (rc) return xcap_fail(L->err, L->errlen, XCAP_ERR_NOMEM, "%s: %s: out of memory", L->path, head_name);
+    return XCAP_OK;
 }
 
 static int load_decoder(loader *L) {
@@ -166,30 +222,23 @@ static int load_decoder(loader *L) {
         const char *p = "decoder.transformer.h";
         if ((rc = need(L, &l->ln_1_w, SHAPE(E), "%s.%d.ln_1.weight", p, i))) return rc;
         if ((rc = need(L, &l->ln_1_b, SHAPE(E), "%s.%d.ln_1.bias", p, i))) return rc;
-        if ((rc = need(L, &l->attn_w, SHAPE(E, 3 * E), "%s.%d.attn.c_attn.weight", p, i))) return rc;
-        if ((rc = need(L, &l->attn_b, SHAPE(3 * E), "%s.%d.attn.c_attn.bias", p, i))) return rc;
-        if ((rc = need(L, &l->attn_proj_w, SHAPE(E, E), "%s.%d.attn.c_proj.weight", p, i))) return rc;
-        if ((rc = need(L, &l->attn_proj_b, SHAPE(E), "%s.%d.attn.c_proj.bias", p, i))) return rc;
+        if ((rc = need_linear(L, &l->attn, STORED_KN, E, 3 * E, "%s.%d.attn.c_attn", p, i))) return rc;
+        if ((rc = need_linear(L, &l->attn_proj, STORED_KN, E, E, "%s.%d.attn.c_proj", p, i))) return rc;
         if ((rc = need(L, &l->ln_cross_w, SHAPE(E), "%s.%d.ln_cross_attn.weight", p, i))) return rc;
         if ((rc = need(L, &l->ln_cross_b, SHAPE(E), "%s.%d.ln_cross_attn.bias", p, i))) return rc;
-        if ((rc = need(L, &l->cross_q_w, SHAPE(E, E), "%s.%d.crossattention.q_attn.weight", p, i))) return rc;
-        if ((rc = need(L, &l->cross_q_b, SHAPE(E), "%s.%d.crossattention.q_attn.bias", p, i))) return rc;
-        if ((rc = need(L, &l->cross_kv_w, SHAPE(E, 2 * E), "%s.%d.crossattention.c_attn.weight", p, i))) return rc;
-        if ((rc = need(L, &l->cross_kv_b, SHAPE(2 * E), "%s.%d.crossattention.c_attn.bias", p, i))) return rc;
-        if ((rc = need(L, &l->cross_proj_w, SHAPE(E, E), "%s.%d.crossattention.c_proj.weight", p, i))) return rc;
-        if ((rc = need(L, &l->cross_proj_b, SHAPE(E), "%s.%d.crossattention.c_proj.bias", p, i))) return rc;
+        if ((rc = need_linear(L, &l->cross_q, STORED_KN, E, E, "%s.%d.crossattention.q_attn", p, i))) return rc;
+        if ((rc = need_linear(L, &l->cross_kv, STORED_KN, E, 2 * E, "%s.%d.crossattention.c_attn", p, i))) return rc;
+        if ((rc = need_linear(L, &l->cross_proj, STORED_KN, E, E, "%s.%d.crossattention.c_proj", p, i))) return rc;
         if ((rc = need(L, &l->ln_2_w, SHAPE(E), "%s.%d.ln_2.weight", p, i))) return rc;
         if ((rc = need(L, &l->ln_2_b, SHAPE(E), "%s.%d.ln_2.bias", p, i))) return rc;
-        if ((rc = need(L, &l->fc_w, SHAPE(E, F), "%s.%d.mlp.c_fc.weight", p, i))) return rc;
-        if ((rc = need(L, &l->fc_b, SHAPE(F), "%s.%d.mlp.c_fc.bias", p, i))) return rc;
-        if ((rc = need(L, &l->mlp_proj_w, SHAPE(F, E), "%s.%d.mlp.c_proj.weight", p, i))) return rc;
-        if ((rc = need(L, &l->mlp_proj_b, SHAPE(E), "%s.%d.mlp.c_proj.bias", p, i))) return rc;
+        if ((rc = need_linear(L, &l->fc, STORED_KN, E, F, "%s.%d.mlp.c_fc", p, i))) return rc;
+        if ((rc = need_linear(L, &l->mlp_proj, STORED_KN, F, E, "%s.%d.mlp.c_proj", p, i))) return rc;
     }
     if ((rc = need(L, &w->ln_f_w, SHAPE(E), "decoder.transformer.ln_f.weight"))) return rc;
     if ((rc = need(L, &w->ln_f_b, SHAPE(E), "decoder.transformer.ln_f.bias"))) return rc;
     if (D != E || st_find(&L->m->st, "enc_to_dec_proj.weight")) {
-        if ((rc = need(L, &w->enc_to_dec_w, SHAPE(E, D), "enc_to_dec_proj.weight"))) return rc;
-        if ((rc = need(L, &w->enc_to_dec_b, SHAPE(E), "enc_to_dec_proj.bias"))) return rc;
+        w->has_enc_to_dec = 1;
+        if ((rc = need_linear(L, &w->enc_to_dec, STORED_NK, D, E, "enc_to_dec_proj"))) return rc;
     }
     return XCAP_OK;
 }
@@ -284,6 +333,19 @@ void xcap_model_free(xcap_model *m) {
     if (!m) return;
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
+    nn_linear_free(&m->enc.patch);
+    for (int i = 0; m->enc.layers && i < m->cfg.enc_layers; i++) {
+        vit_layer_weights *l = &m->enc.layers[i];
+        nn_linear *packed[] = {&l->qkv, &l->attn_out, &l->fc, &l->proj};
+        for (size_t j = 0; j < sizeof packed / sizeof *packed; j++) nn_linear_free(packed[j]);
+    }
+    for (int i = 0; m->dec.layers && i < m->cfg.dec_layers; i++) {
+        gpt2_layer_weights *l = &m->dec.layers[i];
+        nn_linear *packed[] = {&l->attn, &l->attn_proj, &l->cross_q, &l->cross_kv, &l->cross_proj, &l->fc, &l->mlp_proj};
+        for (size_t j = 0; j < sizeof packed / sizeof *packed; j++) nn_linear_free(packed[j]);
+    }
+    nn_linear_free(&m->dec.lm_head);
+    nn_linear_free(&m->dec.enc_to_dec);
     free(m->enc.layers);
     free(m->dec.layers);
     st_close(&m->st);

@@ -1,51 +1,55 @@
-/* The loaded model: config, mapped tensors (as fp32 pointers), tokenizer, preprocessing and
+/* The loaded model: config, tensors (fp32 views and packed linear layers), tokenizer, preprocessing and
  * decoding defaults. Read-only after xcap_model_load. */
 #ifndef XCAP_WEIGHTS_MODEL_H
 #define XCAP_WEIGHTS_MODEL_H
 
+#include "nn/linear.h"
 #include "text/tokenizer.h"
 #include "vision/preprocess.h"
 #include "weights/config.h"
 #include "weights/safetensors.h"
 #include "xcap.h"
 
+/* Layernorm parameters and embedding tables are fp32 views of the file (mapped in place when
+ * possible); every linear layer is packed once for nn_linear_forward (nn/linear.h). */
 typedef struct {
     const float *ln_before_w, *ln_before_b;
-    const float *q_w, *q_b, *k_w, *k_b, *v_w, *v_b; /* nn.Linear [D,D]; biases NULL without qkv_bias */
-    const float *attn_out_w, *attn_out_b;           /* [D,D] */
+    nn_linear qkv;      /* query, key, value side by side: D -> 3D (biases 0 without qkv_bias) */
+    nn_linear attn_out; /* attention.output.dense: D -> D */
     const float *ln_after_w, *ln_after_b;
-    const float *fc_w, *fc_b;                       /* intermediate.dense [I,D] */
-    const float *proj_w, *proj_b;                   /* output.dense [D,I] */
+    nn_linear fc;       /* intermediate.dense: D -> I */
+    nn_linear proj;     /* output.dense: I -> D */
 } vit_layer_weights;
 
 typedef struct {
-    const float *cls_token;         /* [D] */
-    const float *pos_embed;         /* [M,D] */
-    const float *patch_w, *patch_b; /* [D, 3·P·P], [D] */
+    const float *cls_token; /* [D] */
+    const float *pos_embed; /* [M,D] */
+    nn_linear patch;        /* the patch convolution as a linear map: 3·P·P -> D */
     vit_layer_weights *layers;
-    const float *ln_w, *ln_b;       /* final layernorm */
+    const float *ln_w, *ln_b; /* final layernorm */
 } vit_weights;
 
 typedef struct {
     const float *ln_1_w, *ln_1_b;
-    const float *attn_w, *attn_b;       /* Conv1D [E,3E] */
-    const float *attn_proj_w, *attn_proj_b; /* [E,E] */
+    nn_linear attn;      /* c_attn: E -> 3E (query, key, value) */
+    nn_linear attn_proj; /* E -> E */
     const float *ln_cross_w, *ln_cross_b;
-    const float *cross_q_w, *cross_q_b; /* [E,E] */
-    const float *cross_kv_w, *cross_kv_b; /* [E,2E]: K and V side by side */
-    const float *cross_proj_w, *cross_proj_b;
+    nn_linear cross_q;   /* crossattention.q_attn: E -> E */
+    nn_linear cross_kv;  /* crossattention.c_attn: E -> 2E (key, value), run on the image memory */
+    nn_linear cross_proj;
     const float *ln_2_w, *ln_2_b;
-    const float *fc_w, *fc_b;           /* [E,inner] */
-    const float *mlp_proj_w, *mlp_proj_b; /* [inner,E] */
+    nn_linear fc;        /* E -> inner */
+    nn_linear mlp_proj;  /* inner -> E */
 } gpt2_layer_weights;
 
 typedef struct {
-    const float *wte; /* [V,E]; also the output projection when tied */
+    const float *wte; /* [V,E] token embeddings */
     const float *wpe; /* [n_positions,E] */
-    const float *lm_head; /* [V,E]: == wte when tied */
+    nn_linear lm_head; /* E -> V (wte's transpose when tied) */
     gpt2_layer_weights *layers;
     const float *ln_f_w, *ln_f_b;
-    const float *enc_to_dec_w, *enc_to_dec_b; /* [E,D] nn.Linear, NULL when D == E */
+    int has_enc_to_dec;
+    nn_linear enc_to_dec; /* D -> E, when the widths differ (or the checkpoint has one) */
 } gpt2_weights;
 
 struct xcap_model {

@@ -1,0 +1,154 @@
+/* nn_linear_forward (nn/linear.h): equal to its plain-loop twin to the last bit, on odd shapes,
+ * whatever the number of rows, the rows' place in the batch, the strides and the thread count;
+ * and close to a double-precision sum (so the twin itself is right). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "nn/kernels.h"
+#include "nn/linear.h"
+
+static uint64_t rng = 777;
+
+static float *rand_buf(size_t n) {
+    float *b = malloc((n ? n : 1) * sizeof *b);
+    for (size_t i = 0; i < n; i++) b[i] = test_rng_uniform(&rng);
+    return b;
+}
+
+static float *transpose(const float *w, int rows, int cols) {
+    float *t = malloc((size_t)rows * cols * sizeof *t + 1);
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) t[(size_t)c * rows + r] = w[(size_t)r * cols + c];
+    return t;
+}
+
+static const int shapes[][3] = {{1, 1, 1},   {1, 3, 17},    {3, 17, 1},    {17, 64, 3},  {197, 48, 17},
+                                {5, 197, 33}, {2, 130, 257}, {1, 192, 576}, {4, 192, 856}, {1, 70, 70},
+                                {13, 1, 31},  {100, 33, 40}, {6, 16, 16},   {7, 16, 48},  {1, 5, 64}};
+#define N_SHAPES (sizeof shapes / sizeof *shapes)
+
+static void test_equals_naive(void) {
+    for (size_t i = 0; i < N_SHAPES; i++) {
+        int T = shapes[i][0], K = shapes[i][1], N = shapes[i][2];
+        for (int layout = 0; layout < 2; layout++)
+            for (int with_bias = 0; with_bias < 2; with_bias++) {
+                float *x = rand_buf((size_t)T * K), *w = rand_buf((size_t)K * N), *b = rand_buf(N);
+                float *y = malloc((size_t)T * N * sizeof *y), *ref = malloc((size_t)T * N * sizeof *ref);
+                const float *bias = with_bias ? b : NULL;
+                nn_linear packed;
+                int rc;
+                if (layout == 0) {
+                    rc = nn_linear_pack_kn(&packed, w, bias, K, N);
+                } else {
+                    float *w_nk = transpose(w, K, N);
+                    rc = nn_linear_pack_nk(&packed, w_nk, bias, K, N);
+                    free(w_nk);
+                }
+                CHECK(rc == 0, "pack failed");
+                nn_linear_forward(y, N, x, K, &packed, T);
+                nn_linear_naive(ref, x, w, bias, T, K, N);
+                CHECK(!memcmp(y, ref, (size_t)T * N * sizeof *y), "%s T=%d K=%d N=%d bias=%d: differs from the naive loop",
+                      layout ? "nk" : "kn", T, K, N, with_bias);
+                /* The twin against a double sum: fp32 accumulation of K products of magnitude <= 1. */
+                double worst = 0;
+                for (int t = 0; t < T; t++)
+                    for (int n = 0; n < N; n++) {
+                        double s = bias ? bias[n] : 0.0;
+                        for (int k = 0; k < K; k++) s += (double)x[(size_t)t * K + k] * w[(size_t)k * N + n];
+                        double d = fabs(s - ref[(size_t)t * N + n]);
+                        if (d > worst) worst = d;
+                    }
+                CHECK(worst <= 1e-6 * K + 1e-6, "naive T=%d K=%d N=%d: %g from the double sum", T, K, N, worst);
+                nn_linear_free(&packed);
+                free(x), free(w), free(b), free(y), free(ref);
+            }
+    }
+}
+
+/* The property batch mode relies on: a row's result is the same alone, at any place in a batch
+ * of any size, and with any thread count. */
+static void test_row_invariance(void) {
+    const int K = 192, N = 200, T = 300;
+    float *x = rand_buf((size_t)T * K), *w = rand_buf((size_t)K * N), *b = rand_buf(N);
+    float *all = malloc((size_t)T * N * sizeof *all), *part = malloc((size_t)T * N * sizeof *part);
+    nn_linear packed;
+    CHECK(nn_linear_pack_kn(&packed, w, b, K, N) == 0, "pack failed");
+    nn_set_threads(2);
+    nn_linear_forward(all, N, x, K, &packed, T);
+    const int windows[][2] = {{0, 1}, {1, 1}, {299, 1}, {5, 4}, {37, 37}, {100, 97}, {7, 200}, {250, 50}};
+    for (size_t i = 0; i < sizeof windows / sizeof *windows; i++) {
+        int t0 = windows[i][0], rows = windows[i][1];
+        nn_linear_forward(part, N, x + (size_t)t0 * K, K, &packed, rows);
+        CHECK(!memcmp(part, all + (size_t)t0 * N, (size_t)rows * N * sizeof *part),
+              "rows %d..%d computed alone differ from the same rows in a batch of %d", t0, t0 + rows - 1, T);
+    }
+    nn_set_threads(1);
+    nn_linear_forward(part, N, x, K, &packed, T);
+    CHECK(!memcmp(part, all, (size_t)T * N * sizeof *part), "one thread differs from two");
+    nn_set_threads(2);
+    nn_linear_free(&packed);
+    free(x), free(w), free(b), free(all), free(part);
+}
+
+/* Row strides on both sides; columns past N of a wider output row stay untouched. */
+static void test_strides(void) {
+    const int T = 9, K = 20, N = 37, xs = 29, ys = 50;
+    float *x = rand_buf((size_t)T * xs), *w = rand_buf((size_t)K * N), *b = rand_buf(N);
+    float *y = malloc((size_t)T * ys * sizeof *y), *ref = malloc((size_t)N * sizeof *ref);
+    for (int i = 0; i < T * ys; i++) y[i] = 12345.0f;
+    nn_linear packed;
+    CHECK(nn_linear_pack_kn(&packed, w, b, K, N) == 0, "pack failed");
+    nn_linear_forward(y, ys, x, xs, &packed, T);
+    for (int t = 0; t < T; t++) {
+        nn_linear_naive(ref, x + (size_t)t * xs, w, b, 1, K, N);
+        CHECK(!memcmp(y + (size_t)t * ys, ref, (size_t)N * sizeof *ref), "strided row %d differs", t);
+        int untouched = 1;
+        for (int n = N; n < ys; n++) untouched &= y[(size_t)t * ys + n] == 12345.0f;
+        CHECK(untouched, "row %d: columns past N were written", t);
+    }
+    nn_linear_free(&packed);
+    free(x), free(w), free(b), free(y), free(ref);
+}
+
+/* Three nn.Linear layers packed side by side equal the three run one by one (ViT's q, k, v). */
+static void test_concat(void) {
+    const int T = 11, K = 24;
+    const int widths[3] = {24, 7, 33};
+    const float *parts[3], *biases[3];
+    float *owned[6];
+    for (int i = 0; i < 3; i++) {
+        parts[i] = owned[i] = rand_buf((size_t)widths[i] * K);
+        biases[i] = owned[3 + i] = i == 1 ? NULL : rand_buf(widths[i]);
+    }
+    int N = widths[0] + widths[1] + widths[2];
+    float *x = rand_buf((size_t)T * K), *y = malloc((size_t)T * N * sizeof *y), *one = malloc((size_t)T * 33 * sizeof *one);
+    nn_linear all;
+    CHECK(nn_linear_pack_nk_concat(&all, parts, biases, widths, 3, K) == 0, "pack failed");
+    nn_linear_forward(y, N, x, K, &all, T);
+    int n0 = 0;
+    for (int i = 0; i < 3; i++) {
+        nn_linear single;
+        CHECK(nn_linear_pack_nk(&single, parts[i], biases[i], K, widths[i]) == 0, "pack failed");
+        nn_linear_forward(one, widths[i], x, K, &single, T);
+        int same = 1;
+        for (int t = 0; t < T; t++)
+            same &= !memcmp(y + (size_t)t * N + n0, one + (size_t)t * widths[i], (size_t)widths[i] * sizeof *y);
+        CHECK(same, "part %d of the concatenated layer differs from the layer alone", i);
+        nn_linear_free(&single);
+        n0 += widths[i];
+    }
+    nn_linear_free(&all);
+    for (int i = 0; i < 6; i++) free(owned[i]);
+    free(x), free(y), free(one);
+}
+
+int main(void) {
+    nn_set_threads(2);
+    test_equals_naive();
+    test_row_invariance();
+    test_strides();
+    test_concat();
+    return harness_finish("test_linear");
+}
