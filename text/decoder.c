@@ -11,17 +11,22 @@
 /* Zero-sized buffers (a model with no layers) still get a valid pointer. */
 static float *alloc_floats(size_t n) { return malloc((n ? n : 1) * sizeof(float)); }
 
-int decoder_run_init(decoder_run *r, const xcap_config *c, int max_slots, int max_pos, char *err, size_t errlen) {
+int decoder_run_init_images(decoder_run *r, const xcap_config *c, int max_slots, int max_pos, int max_images,
+                            char *err, size_t errlen) {
     memset(r, 0, sizeof *r);
+    if (max_slots < 1 || max_pos < 1 || max_images < 1)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "decoder run of %d slots x %d positions x %d images", max_slots,
+                         max_pos, max_images);
     size_t L = c->dec_layers, E = c->dec_hidden, H = c->dec_heads, F = c->dec_inner;
-    size_t g = c->image_size / c->patch_size, M = g * g + 1, S = max_slots, T = max_pos;
+    size_t g = c->image_size / c->patch_size, M = g * g + 1, S = max_slots, T = max_pos, I = max_images;
     r->max_slots = max_slots;
     r->max_pos = max_pos;
+    r->max_images = max_images;
     r->n_memory = (int)M;
     r->self_k = alloc_floats(L * S * T * E);
     r->self_v = alloc_floats(L * S * T * E);
-    r->cross_k = alloc_floats(L * M * E);
-    r->cross_v = alloc_floats(L * M * E);
+    r->cross_k = alloc_floats(I * L * M * E);
+    r->cross_v = alloc_floats(I * L * M * E);
     r->x = alloc_floats(S * E);
     r->xn = alloc_floats(S * E);
     r->qkv = alloc_floats(S * 3 * E);
@@ -35,10 +40,15 @@ int decoder_run_init(decoder_run *r, const xcap_config *c, int max_slots, int ma
     if (!r->self_k || !r->self_v || !r->cross_k || !r->cross_v || !r->x || !r->xn || !r->qkv || !r->q || !r->attn ||
         !r->ff || !r->self_probs || !r->cross_probs || !r->cross_kv || !r->reorder_tmp) {
         decoder_run_free(r);
-        return xcap_fail(err, errlen, XCAP_ERR_NOMEM, "out of memory for the decoder caches (%d beams x %d positions)",
-                         max_slots, max_pos);
+        return xcap_fail(err, errlen, XCAP_ERR_NOMEM,
+                         "out of memory for the decoder caches (%d sequences x %d positions, %d images)", max_slots,
+                         max_pos, max_images);
     }
     return XCAP_OK;
+}
+
+int decoder_run_init(decoder_run *r, const xcap_config *c, int max_slots, int max_pos, char *err, size_t errlen) {
+    return decoder_run_init_images(r, c, max_slots, max_pos, 1, err, errlen);
 }
 
 void decoder_run_free(decoder_run *r) {
@@ -59,19 +69,28 @@ void decoder_run_free(decoder_run *r) {
     memset(r, 0, sizeof *r);
 }
 
-void decoder_cross_kv(const xcap_model *m, decoder_run *r, const float *memory) {
+/* Where image i's layer-l cross keys (or values) start. */
+static size_t cross_offset(const xcap_config *c, const decoder_run *r, int image, int layer) {
+    return (((size_t)image * c->dec_layers + layer) * r->n_memory) * c->dec_hidden;
+}
+
+void decoder_cross_kv_image(const xcap_model *m, decoder_run *r, int image, const float *memory) {
     const xcap_config *c = &m->cfg;
     size_t M = r->n_memory, E = c->dec_hidden;
     float *kv = r->cross_kv;
     for (int l = 0; l < c->dec_layers; l++) {
         const gpt2_layer_weights *w = &m->dec.layers[l];
         nn_linear_forward(kv, 2 * E, memory, E, &w->cross_kv, (int)M);
-        float *k = r->cross_k + l * M * E, *v = r->cross_v + l * M * E;
+        float *k = r->cross_k + cross_offset(c, r, image, l), *v = r->cross_v + cross_offset(c, r, image, l);
         for (size_t t = 0; t < M; t++) {
             memcpy(k + t * E, kv + t * 2 * E, E * sizeof *k);
             memcpy(v + t * E, kv + t * 2 * E + E, E * sizeof *v);
         }
     }
+}
+
+void decoder_cross_kv(const xcap_model *m, decoder_run *r, const float *memory) {
+    decoder_cross_kv_image(m, r, 0, memory);
 }
 
 /* GPT-2's attention scale (spec §5.1), shared by self- and cross-attention. */
@@ -81,67 +100,82 @@ static float attn_scale(const xcap_config *c, int layer) {
     return s;
 }
 
-int decoder_step(const xcap_model *m, decoder_run *r, const int32_t *tokens, int n_seq, int pos, float *logits,
-                 char *err, size_t errlen) {
+int decoder_step_rows(const xcap_model *m, decoder_run *r, const int32_t *tokens, const int *slot, const int *image,
+                      int n_rows, int pos, float *logits, char *err, size_t errlen) {
     const xcap_config *c = &m->cfg;
     const gpt2_weights *W = &m->dec;
     int E = c->dec_hidden, H = c->dec_heads, hd = E / H, F = c->dec_inner, M = r->n_memory;
     if (pos >= c->n_positions)
         return xcap_fail(err, errlen, XCAP_ERR_ARG, "position %d is beyond the decoder's n_positions %d", pos,
                          c->n_positions);
-    if (pos >= r->max_pos || n_seq > r->max_slots)
-        return xcap_fail(err, errlen, XCAP_ERR_ARG, "decoder run sized for %d positions x %d beams, asked %d x %d",
-                         r->max_pos, r->max_slots, pos + 1, n_seq);
-    for (int s = 0; s < n_seq; s++) {
-        if (tokens[s] < 0 || tokens[s] >= c->vocab_size)
-            return xcap_fail(err, errlen, XCAP_ERR_ARG, "token id %d outside the vocabulary of %d", tokens[s],
+    if (pos >= r->max_pos || n_rows > r->max_slots)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "decoder run sized for %d positions x %d sequences, asked %d x %d",
+                         r->max_pos, r->max_slots, pos + 1, n_rows);
+    for (int i = 0; i < n_rows; i++) {
+        if (slot[i] < 0 || slot[i] >= r->max_slots || (image && (image[i] < 0 || image[i] >= r->max_images)))
+            return xcap_fail(err, errlen, XCAP_ERR_ARG, "row %d: slot %d / image %d outside the run (%d, %d)", i, slot[i],
+                             image ? image[i] : 0, r->max_slots, r->max_images);
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return xcap_fail(err, errlen, XCAP_ERR_ARG, "token id %d outside the vocabulary of %d", tokens[i],
                              c->vocab_size);
-        float *x = r->x + (size_t)s * E;
-        const float *te = W->wte + (size_t)tokens[s] * E, *pe = W->wpe + (size_t)pos * E;
-        for (int i = 0; i < E; i++) x[i] = te[i] + pe[i];
+        float *x = r->x + (size_t)i * E;
+        const float *te = W->wte + (size_t)tokens[i] * E, *pe = W->wpe + (size_t)pos * E;
+        for (int e = 0; e < E; e++) x[e] = te[e] + pe[e];
     }
     size_t slot_stride = (size_t)r->max_pos * E, layer_stride = (size_t)r->max_slots * slot_stride;
     for (int l = 0; l < c->dec_layers; l++) {
         const gpt2_layer_weights *w = &W->layers[l];
         float scale = attn_scale(c, l);
 
-        /* 1. causal self-attention over this sequence's cache */
-        layernorm(r->xn, r->x, w->ln_1_w, w->ln_1_b, n_seq, E, c->dec_eps);
-        nn_linear_forward(r->qkv, 3 * E, r->xn, E, &w->attn, n_seq);
-        for (int s = 0; s < n_seq; s++) {
-            float *kc = r->self_k + l * layer_stride + s * slot_stride, *vc = r->self_v + l * layer_stride + s * slot_stride;
-            const float *qkv = r->qkv + (size_t)s * 3 * E;
+        /* 1. causal self-attention over each sequence's own cache */
+        layernorm(r->xn, r->x, w->ln_1_w, w->ln_1_b, n_rows, E, c->dec_eps);
+        nn_linear_forward(r->qkv, 3 * E, r->xn, E, &w->attn, n_rows);
+        for (int i = 0; i < n_rows; i++) {
+            float *kc = r->self_k + l * layer_stride + slot[i] * slot_stride;
+            float *vc = r->self_v + l * layer_stride + slot[i] * slot_stride;
+            const float *qkv = r->qkv + (size_t)i * 3 * E;
             memcpy(kc + (size_t)pos * E, qkv + E, (size_t)E * sizeof *kc);
             memcpy(vc + (size_t)pos * E, qkv + 2 * E, (size_t)E * sizeof *vc);
-            attention(r->attn + (size_t)s * E, E, r->self_probs, qkv, 3 * E, kc, E, vc, E, 1, pos + 1, H, hd, scale, 0, 0);
+            attention(r->attn + (size_t)i * E, E, r->self_probs, qkv, 3 * E, kc, E, vc, E, 1, pos + 1, H, hd, scale, 0, 0);
         }
-        nn_linear_forward(r->xn, E, r->attn, E, &w->attn_proj, n_seq);
-        add_inplace(r->x, r->xn, (size_t)n_seq * E);
+        nn_linear_forward(r->xn, E, r->attn, E, &w->attn_proj, n_rows);
+        add_inplace(r->x, r->xn, (size_t)n_rows * E);
 
-        /* 2. cross-attention: caption-token queries against the image's keys and values */
-        layernorm(r->xn, r->x, w->ln_cross_w, w->ln_cross_b, n_seq, E, c->dec_eps);
-        nn_linear_forward(r->q, E, r->xn, E, &w->cross_q, n_seq);
-        const float *ck = r->cross_k + (size_t)l * M * E, *cv = r->cross_v + (size_t)l * M * E;
-        for (int s = 0; s < n_seq; s++) {
-            float *maps = r->cross_probs + (((size_t)l * r->max_slots + s) * H) * M;
-            attention(r->attn + (size_t)s * E, E, maps, r->q + (size_t)s * E, E, ck, E, cv, E, 1, M, H, hd, scale, 0, 0);
+        /* 2. cross-attention: caption-token queries against their image's keys and values */
+        layernorm(r->xn, r->x, w->ln_cross_w, w->ln_cross_b, n_rows, E, c->dec_eps);
+        nn_linear_forward(r->q, E, r->xn, E, &w->cross_q, n_rows);
+        for (int i = 0; i < n_rows; i++) {
+            size_t img = cross_offset(c, r, image ? image[i] : 0, l);
+            float *maps = r->cross_probs + (((size_t)l * r->max_slots + slot[i]) * H) * M;
+            attention(r->attn + (size_t)i * E, E, maps, r->q + (size_t)i * E, E, r->cross_k + img, E, r->cross_v + img, E,
+                      1, M, H, hd, scale, 0, 0);
         }
-        nn_linear_forward(r->xn, E, r->attn, E, &w->cross_proj, n_seq);
-        add_inplace(r->x, r->xn, (size_t)n_seq * E);
+        nn_linear_forward(r->xn, E, r->attn, E, &w->cross_proj, n_rows);
+        add_inplace(r->x, r->xn, (size_t)n_rows * E);
 
         /* 3. MLP */
-        layernorm(r->xn, r->x, w->ln_2_w, w->ln_2_b, n_seq, E, c->dec_eps);
-        nn_linear_forward(r->ff, F, r->xn, E, &w->fc, n_seq);
-        gelu_tanh(r->ff, (size_t)n_seq * F);
-        nn_linear_forward(r->xn, E, r->ff, F, &w->mlp_proj, n_seq);
-        add_inplace(r->x, r->xn, (size_t)n_seq * E);
+        layernorm(r->xn, r->x, w->ln_2_w, w->ln_2_b, n_rows, E, c->dec_eps);
+        nn_linear_forward(r->ff, F, r->xn, E, &w->fc, n_rows);
+        gelu_tanh(r->ff, (size_t)n_rows * F);
+        nn_linear_forward(r->xn, E, r->ff, F, &w->mlp_proj, n_rows);
+        add_inplace(r->x, r->xn, (size_t)n_rows * E);
     }
-    layernorm(r->xn, r->x, W->ln_f_w, W->ln_f_b, n_seq, E, c->dec_eps);
-    nn_linear_forward(logits, c->vocab_size, r->xn, E, &W->lm_head, n_seq);
+    layernorm(r->xn, r->x, W->ln_f_w, W->ln_f_b, n_rows, E, c->dec_eps);
+    nn_linear_forward(logits, c->vocab_size, r->xn, E, &W->lm_head, n_rows);
     return XCAP_OK;
 }
 
-void decoder_reorder(const xcap_model *m, decoder_run *r, const int *src, int n_seq, int pos) {
+int decoder_step(const xcap_model *m, decoder_run *r, const int32_t *tokens, int n_seq, int pos, float *logits,
+                 char *err, size_t errlen) {
+    if (n_seq > r->max_slots)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "decoder run sized for %d positions x %d sequences, asked %d x %d",
+                         r->max_pos, r->max_slots, pos + 1, n_seq);
+    int slots[n_seq > 0 ? n_seq : 1];
+    for (int i = 0; i < n_seq; i++) slots[i] = i;
+    return decoder_step_rows(m, r, tokens, slots, NULL, n_seq, pos, logits, err, errlen);
+}
+
+void decoder_reorder_slots(const xcap_model *m, decoder_run *r, int first, const int *src, int n_seq, int pos) {
     const xcap_config *c = &m->cfg;
     size_t E = c->dec_hidden, slot_stride = (size_t)r->max_pos * E, layer_stride = (size_t)r->max_slots * slot_stride;
     size_t used = (size_t)(pos + 1) * E;
@@ -151,8 +185,13 @@ void decoder_reorder(const xcap_model *m, decoder_run *r, const int *src, int n_
         float *caches[2] = {r->self_k + l * layer_stride, r->self_v + l * layer_stride};
         for (int which = 0; which < 2; which++) {
             float *base = caches[which];
-            for (int s = 0; s < n_seq; s++) memcpy(tmp + s * used, base + src[s] * slot_stride, used * sizeof *tmp);
-            for (int s = 0; s < n_seq; s++) memcpy(base + s * slot_stride, tmp + s * used, used * sizeof *tmp);
+            for (int s = 0; s < n_seq; s++)
+                memcpy(tmp + s * used, base + (first + src[s]) * slot_stride, used * sizeof *tmp);
+            for (int s = 0; s < n_seq; s++) memcpy(base + (first + s) * slot_stride, tmp + s * used, used * sizeof *tmp);
         }
     }
+}
+
+void decoder_reorder(const xcap_model *m, decoder_run *r, const int *src, int n_seq, int pos) {
+    decoder_reorder_slots(m, r, 0, src, n_seq, pos);
 }
