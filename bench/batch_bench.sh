@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 XCAP=build/xcap
-MODEL=${XCAP_MODEL:-weights/model}
+MODEL=${XCAP_MODEL:-weights/default}
 N=200
 IMAGES=
 while getopts "x:m:n:i:" opt; do

@@ -110,7 +110,8 @@ def parse_args(argv=None):
     o = ap.add_argument_group("bookkeeping")
     o.add_argument("--threads", type=int, default=2)
     o.add_argument("--ckpt-minutes", type=float, default=5.0)
-    o.add_argument("--eval-minutes", type=float, default=5.0)
+    o.add_argument("--eval-minutes", type=float, default=10.0,
+                   help="validation interval (each pass takes time from the budget)")
     o.add_argument("--log-seconds", type=float, default=30.0)
     o.add_argument("--no-eval", action="store_true", help="skip validation (throughput runs)")
     args = ap.parse_args(argv)
