@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Throughput of `xcap batch` against one `xcap caption` process per file, at 1 and 2 threads.
+# Throughput of `xcap batch` against one `xcap caption` process per file, at 1 and 2 threads,
+# and of batch mode's grouping (--batch-size 1: one image per encoder pass and decoder step).
 # Not a test (speed has no place in ctest); prints a table and whether batch mode saved more
 # than the model loads it avoided.
 #
@@ -71,6 +72,10 @@ for t in 1 2; do
     row "xcap caption once per file, --threads $t" "${T[file$t]}"
     T[batch$t]=$(seconds "$XCAP" batch -m "$MODEL" -q --overwrite -t "$t" -o "$TMP/out.jsonl" "$TMP/set")
     row "xcap batch, --threads $t" "${T[batch$t]}"
+done
+for b in 1 16; do
+    T[bs$b]=$(seconds "$XCAP" batch -m "$MODEL" -q --overwrite -t 1 --decode-threads 2 --batch-size "$b" -o "$TMP/out.jsonl" "$TMP/set")
+    row "xcap batch, --threads 1 --batch-size $b" "${T[bs$b]}"
 done
 T[jobs2]=$(seconds "$XCAP" batch -m "$MODEL" -q --overwrite -j 2 -o "$TMP/out.jsonl" "$TMP/set")
 row "xcap batch, --jobs 2 (1 thread each)" "${T[jobs2]}"

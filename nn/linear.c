@@ -70,6 +70,11 @@ int nn_linear_pack_nk(nn_linear *w, const float *weight, const float *b, int K, 
     return nn_linear_pack_nk_concat(w, &weight, &b, &N, 1, K);
 }
 
+void nn_linear_column(const nn_linear *w, int n, float *out) {
+    const float *panel = w->panels + (size_t)(n / NN_PANEL) * w->K * NN_PANEL + n % NN_PANEL;
+    for (int k = 0; k < w->K; k++) out[k] = panel[(size_t)k * NN_PANEL];
+}
+
 void nn_linear_free(nn_linear *w) {
     free(w->panels);
     free(w->bias);

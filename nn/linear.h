@@ -36,6 +36,10 @@ int nn_linear_pack_nk_concat(nn_linear *w, const float *const *parts, const floa
                              const int *n_parts, int count, int K);
 void nn_linear_free(nn_linear *w);
 
+/* out[k] = W[k][n] for k < K: one column of the weight, read back from the panels (a tied
+ * GPT-2 looks its token embeddings up in the packed output projection). */
+void nn_linear_column(const nn_linear *w, int n, float *out);
+
 /* y[T,N] = x[T,K] · W + b. x rows are x_stride floats apart, y rows y_stride (>= N). Runs on the
  * OpenMP threads set by nn_set_threads; the result does not depend on their number. */
 void nn_linear_forward(float *y, size_t y_stride, const float *x, size_t x_stride, const nn_linear *w, int T);

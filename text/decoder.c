@@ -119,8 +119,10 @@ int decoder_step_rows(const xcap_model *m, decoder_run *r, const int32_t *tokens
             return xcap_fail(err, errlen, XCAP_ERR_ARG, "token id %d outside the vocabulary of %d", tokens[i],
                              c->vocab_size);
         float *x = r->x + (size_t)i * E;
-        const float *te = W->wte + (size_t)tokens[i] * E, *pe = W->wpe + (size_t)pos * E;
-        for (int e = 0; e < E; e++) x[e] = te[e] + pe[e];
+        const float *pe = W->wpe + (size_t)pos * E;
+        if (W->wte) memcpy(x, W->wte + (size_t)tokens[i] * E, (size_t)E * sizeof *x);
+        else nn_linear_column(&W->lm_head, tokens[i], x); /* tied: wte is the head's transpose */
+        for (int e = 0; e < E; e++) x[e] += pe[e];
     }
     size_t slot_stride = (size_t)r->max_pos * E, layer_stride = (size_t)r->max_slots * slot_stride;
     for (int l = 0; l < c->dec_layers; l++) {

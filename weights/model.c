@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "nn/common.h"
 
@@ -201,9 +202,11 @@ static int load_embeddings(loader *L) {
             return rc;
         }
     }
-    /* The token table stays (embedding lookups read it); only an untied head is released. */
+    /* Tied: the packed head is the only copy kept; token embeddings are read back from it
+     * (nn_linear_column), so a GPT-2 vocabulary is held once, not twice. */
     rc = nn_linear_pack_nk(&w->lm_head, head_w, NULL, (int)E, (int)V);
-    if (head_w != w->wte) release_owned(L->m, head_w);
+    release_owned(L->m, head_w);
+    if (head_w == w->wte) w->wte = NULL;
     if (rc) return xcap_fail(L->err, L->errlen, XCAP_ERR_NOMEM, "%s: %s: out of memory", L->path, head_name);
     return XCAP_OK;
 }
@@ -318,6 +321,11 @@ int xcap_model_load(const char *dir, xcap_model **out, char *err, size_t errlen)
                            c->vocab_size);
             goto fail;
         }
+    /* Every large tensor now lives in a packed copy. The file's pages that packing read are
+     * given back (the mapping is private and never written, so the few small tensors still
+     * used in place — layernorms, position tables — fault back in from the file), and the
+     * resident size stays near one copy of the weights. */
+    madvise(m->st.map, m->st.map_size, MADV_DONTNEED);
     if (collect_warnings(m) != 0) {
         rc = xcap_fail(err, errlen, XCAP_ERR_NOMEM, "out of memory");
         goto fail;

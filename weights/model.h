@@ -43,7 +43,7 @@ typedef struct {
 } gpt2_layer_weights;
 
 typedef struct {
-    const float *wte; /* [V,E] token embeddings */
+    const float *wte; /* [V,E] token embeddings; NULL when tied (then read from lm_head) */
     const float *wpe; /* [n_positions,E] */
     nn_linear lm_head; /* E -> V (wte's transpose when tied) */
     gpt2_layer_weights *layers;
