@@ -246,12 +246,12 @@ int xcap_gen_select_top(const float *values, int n, int k, xcap_gen_ranked *out)
  * ------------------------------------------------------------------------------------------- */
 
 typedef struct {
-    const xcap_decoder_ops *ops;
-    const xcap_params *p;
+    xcap_params params; /* a copy: the generation may outlive the caller's struct */
+    const xcap_params *p; /* = &params */
     int V;
     int max_length; /* effective, start token counted */
     int32_t start;
-    const int32_t *eos;
+    int32_t eos[XCAP_GEN_MAX_EOS];
     int n_eos;
     xcap_gen_processors proc;
 } gen_setup;
@@ -262,18 +262,17 @@ static int is_eos(const gen_setup *g, int32_t token) {
     return 0;
 }
 
-static int check_params(const xcap_decoder_ops *ops, const xcap_params *p, int32_t start_token,
-                        const int32_t *eos_ids, int n_eos, int max_positions, gen_setup *g,
-                        char *err, size_t errlen) {
-    if (!ops || !ops->step) return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: no decoder step callback");
+static int check_params(int V, const xcap_params *p, int32_t start_token, const int32_t *eos_ids, int n_eos,
+                        int max_positions, gen_setup *g, char *err, size_t errlen) {
     if (!p) return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: no parameters");
-    int V = ops->vocab_size;
     if (V < 1) return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: vocab_size %d must be at least 1", V);
     if (start_token < 0 || start_token >= V)
         return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: start token %d outside the vocabulary [0, %d)",
                          (int)start_token, V);
     if (n_eos < 0 || (n_eos > 0 && !eos_ids))
         return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: %d eos ids given without a list", n_eos);
+    if (n_eos > XCAP_GEN_MAX_EOS)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: %d eos ids (at most %d)", n_eos, XCAP_GEN_MAX_EOS);
     for (int e = 0; e < n_eos; e++)
         if (eos_ids[e] < 0 || eos_ids[e] >= V)
             return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: eos token %d outside the vocabulary [0, %d)",
@@ -330,8 +329,6 @@ static int check_params(const xcap_decoder_ops *ops, const xcap_params *p, int32
             return xcap_fail(err, errlen, XCAP_ERR_ARG, "top_p %g must be in (0, 1] (1 = off)", (double)p->top_p);
     }
     if (p->num_beams > 1) {
-        if (!ops->reorder)
-            return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: beam search needs a reorder callback");
         if (!isfinite(p->length_penalty))
             return xcap_fail(err, errlen, XCAP_ERR_ARG, "length_penalty %g is not a finite number",
                              (double)p->length_penalty);
@@ -350,19 +347,19 @@ static int check_params(const xcap_decoder_ops *ops, const xcap_params *p, int32
                              per_beam * p->num_beams, p->num_beams, V);
     }
 
-    g->ops = ops;
-    g->p = p;
+    g->params = *p;
+    g->p = &g->params;
     g->V = V;
     g->max_length = max_length;
     g->start = start_token;
-    g->eos = eos_ids;
+    for (int e = 0; e < n_eos; e++) g->eos[e] = eos_ids[e];
     g->n_eos = n_eos;
     g->proc.repetition_penalty = p->repetition_penalty;
     g->proc.no_repeat_ngram_size = p->no_repeat_ngram_size;
     /* _prepare_generated_length: min_new_tokens, when set, replaces min_length by
      * min_new_tokens + prompt length (the MinNewTokens processor then bans the same steps). */
     g->proc.min_length = p->min_new_tokens > 0 ? p->min_new_tokens + 1 : p->min_length;
-    g->proc.eos_ids = eos_ids;
+    g->proc.eos_ids = g->eos;
     g->proc.n_eos = n_eos;
     return XCAP_OK;
 }
@@ -437,95 +434,213 @@ static int fill_result(int n_hyps, const int32_t *tokens, const int *slots, size
 }
 
 /* ---------------------------------------------------------------------------------------------
- * Greedy and sampling (transformers' _sample), one sequence in slot 0
+ * The generation as a state object: the loops of transformers' _sample and _beam_search cut
+ * at the decoder call. xcap_gen_want says which rows the next decoder step needs,
+ * xcap_gen_feed runs the rest of the loop body on its logits. A caller can thus drive several
+ * generations in lock step (one decoder call for the rows of all of them).
  * ------------------------------------------------------------------------------------------- */
 
-static int greedy_or_sample(const gen_setup *g, xcap_result *result, xcap_gen_trace *trace, char *err,
-                            size_t errlen) {
-    const xcap_params *p = g->p;
-    const int V = g->V, L = g->max_length, T = L - 1;
-    const int sample = p->do_sample;
+typedef struct {
+    int32_t *seq;  /* [B][L] running: start token + generated; finished: generated only */
+    int *slots;    /* [B][L] slot that produced each generated token (rows as long as seq's) */
+    float *score;  /* [B] running: unnormalised sum; finished: normalised score */
+    float *sum;    /* [B] finished only: unnormalised sum of log-probabilities */
+    int *len;      /* [B] finished only: generated tokens, eos included */
+    uint8_t *done; /* [B] finished only: slot holds a finished hypothesis */
+} beam_set;
 
-    arena a = {0};
-    int32_t *seq = NULL;
-    float *logits = NULL, *warped = NULL, *kth_scratch = NULL;
-    uint8_t *mark = NULL;
-    xcap_gen_ranked *ranked = NULL;
-    int *slots = NULL;
+struct xcap_gen {
+    gen_setup g;
+    arena a;
+    int beam;     /* beam search, else greedy or sampling */
+    int pos;      /* position of the next decoder step */
+    int finished; /* the loop has ended: only xcap_gen_end remains */
+    int failed;   /* a feed failed: the generation is unusable */
+    float *logits; /* [rows][V]: the caller's logits are copied here (or written here directly) */
+    uint8_t *mark;
+    /* greedy / sampling */
+    int32_t *seq;
+    int *slots;
+    float *warped, *kth_scratch;
+    xcap_gen_ranked *ranked;
+    xcap_rng rng;
+    float sum_logprob;
+    int n;
+    /* beam search */
+    int B, K, cur, heuristic_open;
+    float *masked, *merged;
+    uint8_t *cand_hit;
+    int32_t *tokens;
+    int *src, *n_out;
+    xcap_gen_ranked *cand, *pick;
+    beam_set run[2], fin[2];
+};
+
+static void beam_set_take(arena *a, beam_set *s, int B, int L) {
+    s->seq = arena_take(a, (size_t)B * L, sizeof *s->seq);
+    s->slots = arena_take(a, (size_t)B * L, sizeof *s->slots);
+    s->score = arena_take(a, (size_t)B, sizeof *s->score);
+    s->sum = arena_take(a, (size_t)B, sizeof *s->sum);
+    s->len = arena_take(a, (size_t)B, sizeof *s->len);
+    s->done = arena_take(a, (size_t)B, sizeof *s->done);
+}
+
+/* Carves every buffer out of one allocation (first pass measures) and sets the loops' starting
+ * state. */
+static int gen_setup_buffers(xcap_gen *s, char *err, size_t errlen) {
+    const gen_setup *g = &s->g;
+    const int V = g->V, L = g->max_length, T = L - 1;
+    arena *a = &s->a;
     for (int pass = 0; pass < 2; pass++) {
-        seq = arena_take(&a, (size_t)L, sizeof *seq);
-        slots = arena_take(&a, (size_t)T, sizeof *slots);
-        logits = arena_take(&a, (size_t)V, sizeof *logits);
-        mark = arena_take(&a, (size_t)V, sizeof *mark);
-        if (sample) {
-            warped = arena_take(&a, (size_t)V, sizeof *warped);
-            kth_scratch = arena_take(&a, (size_t)V, sizeof *kth_scratch);
-            ranked = arena_take(&a, (size_t)V, sizeof *ranked);
+        s->mark = arena_take(a, (size_t)V, sizeof *s->mark);
+        if (!s->beam) {
+            s->seq = arena_take(a, (size_t)L, sizeof *s->seq);
+            s->slots = arena_take(a, (size_t)T, sizeof *s->slots);
+            s->logits = arena_take(a, (size_t)V, sizeof *s->logits);
+            if (g->p->do_sample) {
+                s->warped = arena_take(a, (size_t)V, sizeof *s->warped);
+                s->kth_scratch = arena_take(a, (size_t)V, sizeof *s->kth_scratch);
+                s->ranked = arena_take(a, (size_t)V, sizeof *s->ranked);
+            }
+        } else {
+            const int B = s->B, K = s->K;
+            s->logits = arena_take(a, (size_t)B * V, sizeof *s->logits);
+            s->tokens = arena_take(a, (size_t)B, sizeof *s->tokens);
+            s->src = arena_take(a, (size_t)B, sizeof *s->src);
+            s->cand = arena_take(a, (size_t)K, sizeof *s->cand);
+            s->cand_hit = arena_take(a, (size_t)K, sizeof *s->cand_hit);
+            s->masked = arena_take(a, (size_t)K, sizeof *s->masked);
+            s->merged = arena_take(a, (size_t)(B + K), sizeof *s->merged);
+            s->pick = arena_take(a, (size_t)B, sizeof *s->pick);
+            s->n_out = arena_take(a, (size_t)B, sizeof *s->n_out);
+            for (int i = 0; i < 2; i++) {
+                beam_set_take(a, &s->run[i], B, L);
+                beam_set_take(a, &s->fin[i], B, L);
+            }
         }
         if (pass == 0) {
-            int rc = arena_alloc(&a, err, errlen, "greedy/sampling buffers");
+            int rc = arena_alloc(a, err, errlen, s->beam ? "beam search buffers" : "greedy/sampling buffers");
             if (rc) return rc;
         }
     }
-    memset(mark, 0, (size_t)V);
-    memset(slots, 0, (size_t)T * sizeof *slots);
+    memset(s->mark, 0, (size_t)V);
+    if (!s->beam) {
+        memset(s->slots, 0, (size_t)T * sizeof *s->slots);
+        xcap_rng_seed(&s->rng, g->p->seed);
+        s->seq[0] = g->start;
+        return XCAP_OK;
+    }
+    s->cur = 0;
+    for (int b = 0; b < s->B; b++) {
+        s->run[0].seq[(size_t)b * L] = g->start;
+        s->run[0].score[b] = b == 0 ? 0.0f : BEAM_MASK;
+        s->fin[0].score[b] = BEAM_MASK;
+        s->fin[0].sum[b] = BEAM_MASK;
+        s->fin[0].len[b] = 0;
+        s->fin[0].done[b] = 0;
+    }
+    s->heuristic_open = 1; /* transformers' is_early_stop_heuristic_unsatisfied */
+    return XCAP_OK;
+}
 
-    xcap_rng rng;
-    xcap_rng_seed(&rng, p->seed);
-    int rc = XCAP_OK, n = 0;
-    float sum_logprob = 0;
-    seq[0] = g->start;
-    for (int pos = 0; pos < T; pos++) {
-        rc = g->ops->step(g->ops->ctx, &seq[pos], 1, pos, logits, err, errlen);
-        if (rc) goto done;
-        rc = check_logits(logits, V, pos, 0, err, errlen);
-        if (rc) goto done;
-        xcap_gen_process(&g->proc, seq, pos + 1, logits, V, mark);
-        float m, log_sum;
-        log_normalizer(logits, V, &m, &log_sum);
-        if (m == -INFINITY) {
-            /* torch would take token 0 (argmax of all -inf) or fail to sample; neither is a caption. */
-            rc = xcap_fail(err, errlen, XCAP_ERR_ARG,
-                           "every token is banned at position %d (no_repeat_ngram_size %d, min_length %d)", pos,
-                           p->no_repeat_ngram_size, g->proc.min_length);
-            goto done;
-        }
-        int token = 0;
-        if (!sample) {
-            for (int v = 1; v < V; v++)
-                if (logits[v] > logits[token]) token = v; /* first index among equal maxima */
-        } else {
-            memcpy(warped, logits, (size_t)V * sizeof *warped);
-            /* Warpers in _get_logits_processor's order: temperature, top-k, top-p. */
-            if (p->temperature != 1.0f) {
-                float top = -INFINITY;
-                for (int v = 0; v < V; v++) {
-                    warped[v] = warped[v] / p->temperature;
-                    if (warped[v] > top) top = warped[v];
-                }
-                if (isinf(top)) {
-                    rc = xcap_fail(err, errlen, XCAP_ERR_ARG,
-                                   "temperature %g is too small: the scaled logits overflow at position %d",
-                                   (double)p->temperature, pos);
-                    goto done;
-                }
+int xcap_gen_begin(xcap_gen **out, const xcap_params *p, int vocab_size, int32_t start_token, const int32_t *eos_ids,
+                   int n_eos, int max_positions, char *err, size_t errlen) {
+    *out = NULL;
+    xcap_gen *s = calloc(1, sizeof *s);
+    if (!s) return xcap_fail(err, errlen, XCAP_ERR_NOMEM, "out of memory for a generation");
+    int rc = check_params(vocab_size, p, start_token, eos_ids, n_eos, max_positions, &s->g, err, errlen);
+    if (!rc) {
+        s->beam = p->num_beams > 1;
+        s->B = p->num_beams;
+        s->K = (s->g.n_eos + 1 > 2 ? s->g.n_eos + 1 : 2) * s->B;
+        rc = gen_setup_buffers(s, err, errlen);
+    }
+    if (rc) {
+        xcap_gen_free(s);
+        return rc;
+    }
+    *out = s;
+    return XCAP_OK;
+}
+
+void xcap_gen_free(xcap_gen *s) {
+    if (!s) return;
+    free(s->a.base);
+    free(s);
+}
+
+int xcap_gen_want(xcap_gen *s, const int32_t **tokens, int *n_seq, int *pos) {
+    if (s->finished || s->failed) return 0;
+    *pos = s->pos;
+    if (!s->beam) {
+        *tokens = &s->seq[s->pos];
+        *n_seq = 1;
+        return 1;
+    }
+    const beam_set *r = &s->run[s->cur];
+    for (int b = 0; b < s->B; b++) s->tokens[b] = r->seq[(size_t)b * s->g.max_length + s->pos];
+    *tokens = s->tokens;
+    *n_seq = s->B;
+    return 1;
+}
+
+float *xcap_gen_logits(xcap_gen *s) { return s->logits; }
+
+/* ---------------------------------------------------------------------------------------------
+ * Greedy and sampling (transformers' _sample), one sequence in slot 0: the loop body after
+ * the decoder call at position pos.
+ * ------------------------------------------------------------------------------------------- */
+
+static int greedy_or_sample_step(xcap_gen *s, char *err, size_t errlen) {
+    const gen_setup *g = &s->g;
+    const xcap_params *p = g->p;
+    const int V = g->V, T = g->max_length - 1, pos = s->pos;
+    float *logits = s->logits, *warped = s->warped;
+    int rc = check_logits(logits, V, pos, 0, err, errlen);
+    if (rc) return rc;
+    xcap_gen_process(&g->proc, s->seq, pos + 1, logits, V, s->mark);
+    float m, log_sum;
+    log_normalizer(logits, V, &m, &log_sum);
+    if (m == -INFINITY) {
+        /* torch would take token 0 (argmax of all -inf) or fail to sample; neither is a caption. */
+        return xcap_fail(err, errlen, XCAP_ERR_ARG,
+                         "every token is banned at position %d (no_repeat_ngram_size %d, min_length %d)", pos,
+                         p->no_repeat_ngram_size, g->proc.min_length);
+    }
+    int token = 0;
+    if (!p->do_sample) {
+        for (int v = 1; v < V; v++)
+            if (logits[v] > logits[token]) token = v; /* first index among equal maxima */
+    } else {
+        memcpy(warped, logits, (size_t)V * sizeof *warped);
+        /* Warpers in _get_logits_processor's order: temperature, top-k, top-p. */
+        if (p->temperature != 1.0f) {
+            float top = -INFINITY;
+            for (int v = 0; v < V; v++) {
+                warped[v] = warped[v] / p->temperature;
+                if (warped[v] > top) top = warped[v];
             }
-            if (p->top_k > 0) xcap_gen_top_k(warped, V, p->top_k, kth_scratch);
-            if (p->top_p < 1.0f) xcap_gen_top_p(warped, V, p->top_p, ranked);
-            token = draw_token(warped, V, &rng);
+            if (isinf(top))
+                return xcap_fail(err, errlen, XCAP_ERR_ARG,
+                                 "temperature %g is too small: the scaled logits overflow at position %d",
+                                 (double)p->temperature, pos);
         }
-        sum_logprob += (logits[token] - m) - log_sum;
-        seq[pos + 1] = token;
-        n = pos + 1;
-        if (is_eos(g, token)) break;
+        if (p->top_k > 0) xcap_gen_top_k(warped, V, p->top_k, s->kth_scratch);
+        if (p->top_p < 1.0f) xcap_gen_top_p(warped, V, p->top_p, s->ranked);
+        token = draw_token(warped, V, &s->rng);
     }
-    {
-        float score = sum_logprob;
-        rc = fill_result(1, seq + 1, slots, (size_t)T, &n, &sum_logprob, &score, T, result, trace, err, errlen);
-    }
-done:
-    free(a.base);
-    return rc;
+    s->sum_logprob += (logits[token] - m) - log_sum;
+    s->seq[pos + 1] = token;
+    s->n = pos + 1;
+    s->pos = pos + 1;
+    if (is_eos(g, token) || s->pos >= T) s->finished = 1;
+    return XCAP_OK;
+}
+
+static int greedy_or_sample_end(xcap_gen *s, xcap_result *result, xcap_gen_trace *trace, char *err, size_t errlen) {
+    float score = s->sum_logprob;
+    return fill_result(1, s->seq + 1, s->slots, (size_t)(s->g.max_length - 1), &s->n, &s->sum_logprob, &score,
+                       s->g.max_length - 1, result, trace, err, errlen);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -544,200 +659,162 @@ done:
  *     finished (max_length). Otherwise reorder the cache slots and go on.
  * ------------------------------------------------------------------------------------------- */
 
-typedef struct {
-    int32_t *seq;  /* [B][L] running: start token + generated; finished: generated only */
-    int *slots;    /* [B][L] slot that produced each generated token (rows as long as seq's) */
-    float *score;  /* [B] running: unnormalised sum; finished: normalised score */
-    float *sum;    /* [B] finished only: unnormalised sum of log-probabilities */
-    int *len;      /* [B] finished only: generated tokens, eos included */
-    uint8_t *done; /* [B] finished only: slot holds a finished hypothesis */
-} beam_set;
-
-static void beam_set_take(arena *a, beam_set *s, int B, int L) {
-    s->seq = arena_take(a, (size_t)B * L, sizeof *s->seq);
-    s->slots = arena_take(a, (size_t)B * L, sizeof *s->slots);
-    s->score = arena_take(a, (size_t)B, sizeof *s->score);
-    s->sum = arena_take(a, (size_t)B, sizeof *s->sum);
-    s->len = arena_take(a, (size_t)B, sizeof *s->len);
-    s->done = arena_take(a, (size_t)B, sizeof *s->done);
-}
-
-static int beam_search(const gen_setup *g, xcap_result *result, xcap_gen_trace *trace, char *err, size_t errlen) {
+/* The loop body after the decoder call at position pos (step a). Sets *reorder to the slot
+ * permutation the caller must apply, or NULL. */
+static int beam_search_step(xcap_gen *s, const int **reorder, char *err, size_t errlen) {
+    const gen_setup *g = &s->g;
     const xcap_params *p = g->p;
-    const int B = p->num_beams, V = g->V, L = g->max_length, T = L - 1;
-    const int K = (g->n_eos + 1 > 2 ? g->n_eos + 1 : 2) * B;
+    const int B = s->B, V = g->V, L = g->max_length, K = s->K, pos = s->pos;
     const float lp = p->length_penalty;
     const xcap_early_stopping early = p->early_stopping;
+    const int cur_len = pos + 1; /* tokens in each running beam, start token included */
+    const beam_set *r = &s->run[s->cur], *f = &s->fin[s->cur];
+    beam_set *rn = &s->run[1 - s->cur], *fn = &s->fin[1 - s->cur];
+    float *scores = s->logits, *masked = s->masked, *merged = s->merged;
+    xcap_gen_ranked *cand = s->cand, *pick = s->pick;
+    uint8_t *cand_hit = s->cand_hit;
+    int *src = s->src;
+    *reorder = NULL;
 
-    arena a = {0};
-    float *scores = NULL, *masked = NULL, *merged = NULL;
-    uint8_t *mark = NULL, *cand_hit = NULL;
-    int32_t *tokens = NULL;
-    int *src = NULL, *n_out = NULL;
-    xcap_gen_ranked *cand = NULL, *pick = NULL;
-    beam_set run[2], fin[2];
-    for (int pass = 0; pass < 2; pass++) {
-        scores = arena_take(&a, (size_t)B * V, sizeof *scores);
-        mark = arena_take(&a, (size_t)V, sizeof *mark);
-        tokens = arena_take(&a, (size_t)B, sizeof *tokens);
-        src = arena_take(&a, (size_t)B, sizeof *src);
-        cand = arena_take(&a, (size_t)K, sizeof *cand);
-        cand_hit = arena_take(&a, (size_t)K, sizeof *cand_hit);
-        masked = arena_take(&a, (size_t)K, sizeof *masked);
-        merged = arena_take(&a, (size_t)(B + K), sizeof *merged);
-        pick = arena_take(&a, (size_t)B, sizeof *pick);
-        n_out = arena_take(&a, (size_t)B, sizeof *n_out);
-        for (int i = 0; i < 2; i++) {
-            beam_set_take(&a, &run[i], B, L);
-            beam_set_take(&a, &fin[i], B, L);
-        }
-        if (pass == 0) {
-            int rc = arena_alloc(&a, err, errlen, "beam search buffers");
-            if (rc) return rc;
-        }
-    }
-    memset(mark, 0, (size_t)V);
-
-    int cur = 0;
+    /* b. Log-probabilities plus running sums. */
     for (int b = 0; b < B; b++) {
-        run[cur].seq[(size_t)b * L] = g->start;
-        run[cur].score[b] = b == 0 ? 0.0f : BEAM_MASK;
-        fin[cur].score[b] = BEAM_MASK;
-        fin[cur].sum[b] = BEAM_MASK;
-        fin[cur].len[b] = 0;
-        fin[cur].done[b] = 0;
-    }
-    int heuristic_open = 1; /* transformers' is_early_stop_heuristic_unsatisfied */
-    int rc = XCAP_OK;
-
-    for (int pos = 0;; pos++) {
-        const int cur_len = pos + 1; /* tokens in each running beam, start token included */
-        const beam_set *r = &run[cur], *f = &fin[cur];
-        beam_set *rn = &run[1 - cur], *fn = &fin[1 - cur];
-
-        /* a, b. Decoder step for every beam, then log-probabilities plus running sums. */
-        for (int b = 0; b < B; b++) tokens[b] = r->seq[(size_t)b * L + pos];
-        rc = g->ops->step(g->ops->ctx, tokens, B, pos, scores, err, errlen);
-        if (rc) goto done;
-        for (int b = 0; b < B; b++) {
-            float *row = scores + (size_t)b * V;
-            rc = check_logits(row, V, pos, b, err, errlen);
-            if (rc) goto done;
-            xcap_gen_log_softmax(row, V);
-            xcap_gen_process(&g->proc, r->seq + (size_t)b * L, cur_len, row, V, mark);
-            const float running = r->score[b];
-            for (int v = 0; v < V; v++) row[v] += running;
-        }
-
-        /* c. Top K of all B x V candidates (flat index = beam * V + token). */
-        xcap_gen_select_top(scores, B * V, K, cand);
-
-        /* d. Candidates that finish: an eos id, or the sequence reaches max_length. */
-        int all_hit = 1;
-        for (int k = 0; k < K; k++) {
-            int token = cand[k].index % V;
-            cand_hit[k] = (uint8_t)(is_eos(g, token) || cur_len + 1 >= L);
-            all_hit &= cand_hit[k];
-        }
-
-        /* e. Next running beams: the best B once finished candidates are pushed down by -1e9. */
-        for (int k = 0; k < K; k++) masked[k] = cand[k].score + (cand_hit[k] ? BEAM_MASK : 0.0f);
-        xcap_gen_select_top(masked, K, B, pick);
-        for (int i = 0; i < B; i++) {
-            int k = pick[i].index, beam = cand[k].index / V;
-            src[i] = beam;
-            memcpy(rn->seq + (size_t)i * L, r->seq + (size_t)beam * L, (size_t)cur_len * sizeof *rn->seq);
-            rn->seq[(size_t)i * L + cur_len] = cand[k].index % V;
-            memcpy(rn->slots + (size_t)i * L, r->slots + (size_t)beam * L, (size_t)pos * sizeof *rn->slots);
-            rn->slots[(size_t)i * L + pos] = beam;
-            rn->score[i] = pick[i].score;
-        }
-
-        /* f. Finished set: merge the previous B with this step's K candidates, where only
-         * finishing candidates ranked < B carry their real (length-normalised) score. The two
-         * masks before it never fire for one image (the loop has already ended when they would)
-         * but are kept so that the arithmetic is transformers'. */
-        const float denom = (float)pow((double)cur_len, (double)lp); /* generated tokens incl. this one */
-        int all_done = 1;
-        for (int b = 0; b < B; b++) all_done &= f->done[b];
-        for (int b = 0; b < B; b++) merged[b] = f->score[b];
-        for (int k = 0; k < K; k++) {
-            float s = cand[k].score / denom;
-            s += (all_done && early == XCAP_EARLY_STOP_TRUE) ? BEAM_MASK : 0.0f;
-            s += heuristic_open ? 0.0f : BEAM_MASK;
-            s += (cand_hit[k] && k < B) ? 0.0f : BEAM_MASK;
-            merged[B + k] = s;
-        }
-        xcap_gen_select_top(merged, B + K, B, pick);
-        for (int i = 0; i < B; i++) {
-            int j = pick[i].index;
-            if (j < B) {
-                memcpy(fn->seq + (size_t)i * L, f->seq + (size_t)j * L, (size_t)f->len[j] * sizeof *fn->seq);
-                memcpy(fn->slots + (size_t)i * L, f->slots + (size_t)j * L, (size_t)f->len[j] * sizeof *fn->slots);
-                fn->score[i] = f->score[j];
-                fn->sum[i] = f->sum[j];
-                fn->len[i] = f->len[j];
-                fn->done[i] = f->done[j];
-            } else {
-                int k = j - B, beam = cand[k].index / V;
-                fn->done[i] = (uint8_t)(cand_hit[k] && k < B);
-                fn->score[i] = pick[i].score;
-                fn->sum[i] = fn->done[i] ? cand[k].score : pick[i].score;
-                fn->len[i] = fn->done[i] ? cur_len : 0;
-                if (fn->done[i]) {
-                    memcpy(fn->seq + (size_t)i * L, r->seq + (size_t)beam * L + 1, (size_t)pos * sizeof *fn->seq);
-                    fn->seq[(size_t)i * L + pos] = cand[k].index % V;
-                    memcpy(fn->slots + (size_t)i * L, r->slots + (size_t)beam * L, (size_t)pos * sizeof *fn->slots);
-                    fn->slots[(size_t)i * L + pos] = beam;
-                }
-            }
-        }
-        cur = 1 - cur;
-
-        /* g. Stopping (_check_early_stop_heuristic, _beam_search_has_unfinished_sequences). The
-         * best running beam's sum is divided by the tokens generated so far, or with "never" and
-         * a positive length_penalty by the most it could have; it is compared with the worst
-         * finished score, or with -1e9 for a slot not yet finished. */
-        {
-            const beam_set *rs = &run[cur], *fs = &fin[cur];
-            int best_len = (early == XCAP_EARLY_STOP_NEVER && lp > 0.0f) ? L - 1 : cur_len;
-            float best_possible = rs->score[0] / (float)pow((double)best_len, (double)lp);
-            float worst_finished = fs->score[0];
-            for (int b = 1; b < B; b++)
-                if (fs->score[b] < worst_finished) worst_finished = fs->score[b];
-            int improvable = 0;
-            all_done = 1;
-            for (int b = 0; b < B; b++) {
-                float worst = fs->done[b] ? worst_finished : BEAM_MASK;
-                if (best_possible > worst) improvable = 1;
-                all_done &= fs->done[b];
-            }
-            heuristic_open = heuristic_open && improvable;
-            if (!heuristic_open || (all_done && early == XCAP_EARLY_STOP_TRUE) || all_hit) break;
-        }
-
-        /* At position 0 every slot holds the start token alone: there is nothing to move. */
-        int identity = 1;
-        for (int i = 0; i < B; i++) identity &= src[i] == i || pos == 0;
-        if (!identity) {
-            rc = g->ops->reorder(g->ops->ctx, src, B, pos, err, errlen);
-            if (rc) goto done;
-        }
+        float *row = scores + (size_t)b * V;
+        int rc = check_logits(row, V, pos, b, err, errlen);
+        if (rc) return rc;
+        xcap_gen_log_softmax(row, V);
+        xcap_gen_process(&g->proc, r->seq + (size_t)b * L, cur_len, row, V, s->mark);
+        const float running = r->score[b];
+        for (int v = 0; v < V; v++) row[v] += running;
     }
 
+    /* c. Top K of all B x V candidates (flat index = beam * V + token). */
+    xcap_gen_select_top(scores, B * V, K, cand);
+
+    /* d. Candidates that finish: an eos id, or the sequence reaches max_length. */
+    int all_hit = 1;
+    for (int k = 0; k < K; k++) {
+        int token = cand[k].index % V;
+        cand_hit[k] = (uint8_t)(is_eos(g, token) || cur_len + 1 >= L);
+        all_hit &= cand_hit[k];
+    }
+
+    /* e. Next running beams: the best B once finished candidates are pushed down by -1e9. */
+    for (int k = 0; k < K; k++) masked[k] = cand[k].score + (cand_hit[k] ? BEAM_MASK : 0.0f);
+    xcap_gen_select_top(masked, K, B, pick);
+    for (int i = 0; i < B; i++) {
+        int k = pick[i].index, beam = cand[k].index / V;
+        src[i] = beam;
+        memcpy(rn->seq + (size_t)i * L, r->seq + (size_t)beam * L, (size_t)cur_len * sizeof *rn->seq);
+        rn->seq[(size_t)i * L + cur_len] = cand[k].index % V;
+        memcpy(rn->slots + (size_t)i * L, r->slots + (size_t)beam * L, (size_t)pos * sizeof *rn->slots);
+        rn->slots[(size_t)i * L + pos] = beam;
+        rn->score[i] = pick[i].score;
+    }
+
+    /* f. Finished set: merge the previous B with this step's K candidates, where only
+     * finishing candidates ranked < B carry their real (length-normalised) score. The two
+     * masks before it never fire for one image (the loop has already ended when they would)
+     * but are kept so that the arithmetic is transformers'. */
+    const float denom = (float)pow((double)cur_len, (double)lp); /* generated tokens incl. this one */
+    int all_done = 1;
+    for (int b = 0; b < B; b++) all_done &= f->done[b];
+    for (int b = 0; b < B; b++) merged[b] = f->score[b];
+    for (int k = 0; k < K; k++) {
+        float sc = cand[k].score / denom;
+        sc += (all_done && early == XCAP_EARLY_STOP_TRUE) ? BEAM_MASK : 0.0f;
+        sc += s->heuristic_open ? 0.0f : BEAM_MASK;
+        sc += (cand_hit[k] && k < B) ? 0.0f : BEAM_MASK;
+        merged[B + k] = sc;
+    }
+    xcap_gen_select_top(merged, B + K, B, pick);
+    for (int i = 0; i < B; i++) {
+        int j = pick[i].index;
+        if (j < B) {
+            memcpy(fn->seq + (size_t)i * L, f->seq + (size_t)j * L, (size_t)f->len[j] * sizeof *fn->seq);
+            memcpy(fn->slots + (size_t)i * L, f->slots + (size_t)j * L, (size_t)f->len[j] * sizeof *fn->slots);
+            fn->score[i] = f->score[j];
+            fn->sum[i] = f->sum[j];
+            fn->len[i] = f->len[j];
+            fn->done[i] = f->done[j];
+        } else {
+            int k = j - B, beam = cand[k].index / V;
+            fn->done[i] = (uint8_t)(cand_hit[k] && k < B);
+            fn->score[i] = pick[i].score;
+            fn->sum[i] = fn->done[i] ? cand[k].score : pick[i].score;
+            fn->len[i] = fn->done[i] ? cur_len : 0;
+            if (fn->done[i]) {
+                memcpy(fn->seq + (size_t)i * L, r->seq + (size_t)beam * L + 1, (size_t)pos * sizeof *fn->seq);
+                fn->seq[(size_t)i * L + pos] = cand[k].index % V;
+                memcpy(fn->slots + (size_t)i * L, r->slots + (size_t)beam * L, (size_t)pos * sizeof *fn->slots);
+                fn->slots[(size_t)i * L + pos] = beam;
+            }
+        }
+    }
+    s->cur = 1 - s->cur;
+
+    /* g. Stopping (_check_early_stop_heuristic, _beam_search_has_unfinished_sequences). The
+     * best running beam's sum is divided by the tokens generated so far, or with "never" and
+     * a positive length_penalty by the most it could have; it is compared with the worst
+     * finished score, or with -1e9 for a slot not yet finished. */
     {
-        /* The finished set is sorted best first. A slot that never received a hypothesis (only
-         * possible when every candidate scored -1e9 or -inf) is returned empty, with the -1e9
-         * score transformers reports for it. */
-        const beam_set *fs = &fin[cur];
-        const int R = p->num_return_sequences;
-        for (int h = 0; h < R; h++) n_out[h] = fs->done[h] ? fs->len[h] : 0;
-        rc = fill_result(R, fs->seq, fs->slots, (size_t)L, n_out, fs->sum, fs->score, T, result, trace, err,
-                         errlen);
+        const beam_set *rs = &s->run[s->cur], *fs = &s->fin[s->cur];
+        int best_len = (early == XCAP_EARLY_STOP_NEVER && lp > 0.0f) ? L - 1 : cur_len;
+        float best_possible = rs->score[0] / (float)pow((double)best_len, (double)lp);
+        float worst_finished = fs->score[0];
+        for (int b = 1; b < B; b++)
+            if (fs->score[b] < worst_finished) worst_finished = fs->score[b];
+        int improvable = 0;
+        all_done = 1;
+        for (int b = 0; b < B; b++) {
+            float worst = fs->done[b] ? worst_finished : BEAM_MASK;
+            if (best_possible > worst) improvable = 1;
+            all_done &= fs->done[b];
+        }
+        s->heuristic_open = s->heuristic_open && improvable;
+        if (!s->heuristic_open || (all_done && early == XCAP_EARLY_STOP_TRUE) || all_hit) {
+            s->finished = 1;
+            return XCAP_OK;
+        }
     }
-done:
-    free(a.base);
+
+    /* At position 0 every slot holds the start token alone: there is nothing to move. */
+    int identity = 1;
+    for (int i = 0; i < B; i++) identity &= src[i] == i || pos == 0;
+    if (!identity) *reorder = src;
+    s->pos = pos + 1;
+    return XCAP_OK;
+}
+
+static int beam_search_end(xcap_gen *s, xcap_result *result, xcap_gen_trace *trace, char *err, size_t errlen) {
+    /* The finished set is sorted best first. A slot that never received a hypothesis (only
+     * possible when every candidate scored -1e9 or -inf) is returned empty, with the -1e9
+     * score transformers reports for it. */
+    const beam_set *fs = &s->fin[s->cur];
+    const int R = s->g.p->num_return_sequences;
+    for (int h = 0; h < R; h++) s->n_out[h] = fs->done[h] ? fs->len[h] : 0;
+    return fill_result(R, fs->seq, fs->slots, (size_t)s->g.max_length, s->n_out, fs->sum, fs->score,
+                       s->g.max_length - 1, result, trace, err, errlen);
+}
+
+int xcap_gen_feed(xcap_gen *s, const float *logits, const int **reorder, char *err, size_t errlen) {
+    *reorder = NULL;
+    if (s->finished || s->failed)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: logits fed to a generation that has ended");
+    size_t n = (size_t)(s->beam ? s->B : 1) * s->g.V;
+    if (logits != s->logits) memcpy(s->logits, logits, n * sizeof *logits);
+    int rc = s->beam ? beam_search_step(s, reorder, err, errlen) : greedy_or_sample_step(s, err, errlen);
+    if (rc) s->failed = rc;
     return rc;
+}
+
+int xcap_gen_end(xcap_gen *s, xcap_result *result, xcap_gen_trace *trace, char *err, size_t errlen) {
+    if (!result) return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: no result to fill");
+    memset(result, 0, sizeof *result);
+    if (trace) memset(trace, 0, sizeof *trace);
+    if (s->failed || !s->finished)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: the generation %s",
+                         s->failed ? "failed" : "has not finished");
+    return s->beam ? beam_search_end(s, result, trace, err, errlen) : greedy_or_sample_end(s, result, trace, err, errlen);
 }
 
 int xcap_generate_traced(const xcap_decoder_ops *ops, const xcap_params *p, int32_t start_token,
@@ -746,11 +823,26 @@ int xcap_generate_traced(const xcap_decoder_ops *ops, const xcap_params *p, int3
     if (!result) return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: no result to fill");
     memset(result, 0, sizeof *result);
     if (trace) memset(trace, 0, sizeof *trace);
-    gen_setup g;
-    int rc = check_params(ops, p, start_token, eos_ids, n_eos, max_positions, &g, err, errlen);
+    if (!ops || !ops->step) return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: no decoder step callback");
+    xcap_gen *s;
+    int rc = xcap_gen_begin(&s, p, ops->vocab_size, start_token, eos_ids, n_eos, max_positions, err, errlen);
     if (rc) return rc;
-    return p->num_beams > 1 ? beam_search(&g, result, trace, err, errlen)
-                            : greedy_or_sample(&g, result, trace, err, errlen);
+    if (s->beam && !ops->reorder) {
+        xcap_gen_free(s);
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: beam search needs a reorder callback");
+    }
+    const int32_t *tokens;
+    int n_seq, pos;
+    while (xcap_gen_want(s, &tokens, &n_seq, &pos)) {
+        const int *src;
+        rc = ops->step(ops->ctx, tokens, n_seq, pos, s->logits, err, errlen);
+        if (!rc) rc = xcap_gen_feed(s, s->logits, &src, err, errlen);
+        if (!rc && src) rc = ops->reorder(ops->ctx, src, n_seq, pos, err, errlen);
+        if (rc) break;
+    }
+    if (!rc) rc = xcap_gen_end(s, result, trace, err, errlen);
+    xcap_gen_free(s);
+    return rc;
 }
 
 int xcap_generate(const xcap_decoder_ops *ops, const xcap_params *p, int32_t start_token,

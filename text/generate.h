@@ -81,6 +81,42 @@ int xcap_generate_traced(const xcap_decoder_ops *ops, const xcap_params *p, int3
                          const int32_t *eos_ids, int n_eos, int max_positions, xcap_result *result,
                          xcap_gen_trace *trace, char *err, size_t errlen);
 
+/* ---- The same generation driven by the caller (lock-step decoding of several images) ----
+ *
+ * xcap_generate is a loop over these; a caller that runs one decoder call for the rows of
+ * several generations uses them directly:
+ *
+ *     xcap_gen_begin(&g, ...);
+ *     while (xcap_gen_want(g, &tokens, &n_seq, &pos)) {
+ *         run the decoder: tokens[i] enters cache slot i at position pos -> logits [n_seq][V]
+ *         xcap_gen_feed(g, logits, &src, ...);
+ *         if (src) make slot i hold what slot src[i] held (positions 0..pos)
+ *     }
+ *     xcap_gen_end(g, &result, &trace, ...);  xcap_gen_free(g);
+ *
+ * The results are those of xcap_generate_traced with the same logits, bit for bit. */
+#define XCAP_GEN_MAX_EOS 32
+
+typedef struct xcap_gen xcap_gen;
+
+/* Checks the parameters exactly as xcap_generate does (same messages) and allocates everything
+ * the generation needs. p and eos_ids are copied. */
+int xcap_gen_begin(xcap_gen **gen, const xcap_params *p, int vocab_size, int32_t start_token, const int32_t *eos_ids,
+                   int n_eos, int max_positions, char *err, size_t errlen);
+/* 1 and the next decoder step's rows (tokens[n_seq], valid until the next feed) and position,
+ * or 0 when the generation has ended (or failed). */
+int xcap_gen_want(xcap_gen *gen, const int32_t **tokens, int *n_seq, int *pos);
+/* A buffer of the generation's own that can take that step's logits ([n_seq][V]) directly. */
+float *xcap_gen_logits(xcap_gen *gen);
+/* Hands in the step's logits and runs the rest of the step. *reorder is NULL, or src[n_seq]:
+ * the cache-slot permutation to apply before the next step (beam search only; never the
+ * identity, never at position 0). A failure (a non-finite logit, every token banned, ...) ends
+ * the generation. */
+int xcap_gen_feed(xcap_gen *gen, const float *logits, const int **reorder, char *err, size_t errlen);
+/* Fills result (best first) and trace (if non-NULL) once want has returned 0 without a failure. */
+int xcap_gen_end(xcap_gen *gen, xcap_result *result, xcap_gen_trace *trace, char *err, size_t errlen);
+void xcap_gen_free(xcap_gen *gen);
+
 /* ---- Building blocks, exposed for tests (tests/test_generate.c checks each against a naive
  * version). All work in place on one row of V scores. ---- */
 
