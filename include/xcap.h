@@ -125,9 +125,10 @@ typedef struct {
 
 /* Captions n images with one set of parameters; results[i] and status[i] (an xcap_status)
  * belong to imgs[i]. The encoder runs several images per pass (their patch tokens stacked, so
- * each weight matrix is read once per pass for all of them); each image then decodes on its
- * own. Every result equals what xcap_caption gives for that image alone (same tokens; scores
- * within float rounding of the larger GEMMs). An image that fails (0x0, say) gets a non-zero
+ * each weight matrix is read once per pass for all of them), and their decoding runs in lock
+ * step (one decoder call per position for the beams of every image still generating). Every
+ * result equals what xcap_caption gives for that image alone, bit for bit: tokens, scores and
+ * attention maps do not depend on which images share a call. An image that fails (0x0, say) gets a non-zero
  * status and an empty result, and the others are still captioned. Returns XCAP_OK when every
  * image was captioned, else the first failure's status with err naming it ("image 3: ...";
  * call xcap_caption on an image alone for its own message). A bad parameter fails every image.
