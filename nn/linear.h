@@ -12,40 +12,70 @@
  * Layout: W is cut into panels of NN_PANEL consecutive output columns; a panel stores, for each
  * k in order, its NN_PANEL weights W[k][n0 .. n0+NN_PANEL-1] contiguously (the last panel
  * zero-padded). The inner loop then streams one panel linearly while a few rows of x are
- * broadcast against it, which is the whole trick of a register-blocked GEMM. */
+ * broadcast against it, which is the whole trick of a register-blocked GEMM.
+ *
+ * Weights may stay in a narrower type, widened to fp32 as they stream by (a decoder step reads
+ * every weight once, so its time follows the bytes):
+ * - NN_F16: IEEE half; the product is the same as with the weight converted to fp32 first.
+ * - NN_Q8: int8 with one fp32 scale per output column s[n] (symmetric, no zero point):
+ *       acc = 0;  acc = fma(x[t][k], (float)q[k][n], acc) for k = 0 .. K-1;  y = fma(acc, s[n], b[n]) */
 #ifndef XCAP_NN_LINEAR_H
 #define XCAP_NN_LINEAR_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define NN_PANEL 16
 
+typedef enum { NN_F32, NN_F16, NN_Q8 } nn_weight_type;
+
 typedef struct {
-    float *panels; /* K × round_up(N, NN_PANEL), panel-major; 64-byte aligned */
+    nn_weight_type type;
+    void *panels;  /* K × round_up(N, NN_PANEL) elements of `type`, panel-major; 64-byte aligned */
     float *bias;   /* round_up(N, NN_PANEL), zero where the layer has none */
+    float *scale;  /* NN_Q8: round_up(N, NN_PANEL) column scales; NULL otherwise */
     int K, N;
 } nn_linear;
 
-/* Packs a weight stored [K,N] (GPT-2's Conv1D). b may be NULL. Returns 0, or -1 out of memory. */
-int nn_linear_pack_kn(nn_linear *w, const float *weight, const float *b, int K, int N);
-/* Packs a weight stored [N,K] (nn.Linear, ViT, a tied lm_head). */
-int nn_linear_pack_nk(nn_linear *w, const float *weight, const float *b, int K, int N);
-/* Packs several nn.Linear layers that read the same input side by side into one (ViT's query,
- * key and value): parts[i] is [n_parts[i], K], biases[i] may be NULL. */
+/* One stored weight (with its bias, and its column scales for NN_Q8) feeding n output columns.
+ * weight points at float (NN_F32), uint16_t half bits (NN_F16) or int8_t (NN_Q8) values, laid
+ * out [K, n] (GPT-2's Conv1D) or [n, K] (nn.Linear), as the pack call says. */
+typedef struct {
+    const void *weight;
+    const float *scale; /* NN_Q8 only: [n] */
+    const float *bias;  /* may be NULL */
+    int n;
+} nn_linear_part;
+
+/* Packs count parts side by side (n summed; ViT's query, key and value read the same input). */
+int nn_linear_pack(nn_linear *w, nn_weight_type type, int stored_nk, const nn_linear_part *parts, int count,
+                   int K);
+
+/* fp32 shortcuts. Each returns 0, or -1 out of memory. */
+int nn_linear_pack_kn(nn_linear *w, const float *weight, const float *b, int K, int N); /* weight [K,N] */
+int nn_linear_pack_nk(nn_linear *w, const float *weight, const float *b, int K, int N); /* weight [N,K] */
 int nn_linear_pack_nk_concat(nn_linear *w, const float *const *parts, const float *const *biases,
                              const int *n_parts, int count, int K);
 void nn_linear_free(nn_linear *w);
 
-/* out[k] = W[k][n] for k < K: one column of the weight, read back from the panels (a tied
- * GPT-2 looks its token embeddings up in the packed output projection). */
+/* out[k] = W[k][n] for k < K, dequantised (·s[n] for NN_Q8): one column of the weight, read
+ * back from the panels (a tied GPT-2 looks its token embeddings up in the packed output
+ * projection). */
 void nn_linear_column(const nn_linear *w, int n, float *out);
 
 /* y[T,N] = x[T,K] · W + b. x rows are x_stride floats apart, y rows y_stride (>= N). Runs on the
  * OpenMP threads set by nn_set_threads; the result does not depend on their number. */
 void nn_linear_forward(float *y, size_t y_stride, const float *x, size_t x_stride, const nn_linear *w, int T);
 
-/* The reference: the same sum in the same order with plain loops over an unpacked [K,N] weight
- * (tests compare the packed kernel with it bit for bit). */
+/* Bytes of weights (panels) the layer reads per call. */
+size_t nn_linear_weight_bytes(const nn_linear *w);
+
+/* The reference: the same sum in the same order with plain loops over an unpacked fp32 [K,N]
+ * weight (tests compare the packed kernel with it bit for bit). */
 void nn_linear_naive(float *y, const float *x, const float *weight_kn, const float *b, int T, int K, int N);
+
+/* IEEE half <-> float (round to nearest even), for packing and tests. */
+float nn_half_to_float(uint16_t h);
+uint16_t nn_float_to_half(float f);
 
 #endif

@@ -144,11 +144,89 @@ static void test_concat(void) {
     free(x), free(y), free(one);
 }
 
+/* Half conversion: every half survives half -> float -> half, and floats round to nearest even. */
+static void test_half(void) {
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) continue; /* NaN payloads */
+        if (nn_float_to_half(nn_half_to_float((uint16_t)h)) != h) bad++;
+    }
+    CHECK(bad == 0, "%d halves do not round-trip", bad);
+    CHECK(nn_half_to_float(0x3c00) == 1.0f && nn_half_to_float(0xc000) == -2.0f, "1 and -2");
+    CHECK(nn_half_to_float(0x0001) == 5.9604644775390625e-8f, "smallest subnormal");
+    CHECK(nn_float_to_half(65504.0f) == 0x7bff && nn_float_to_half(65520.0f) == 0x7c00, "largest, overflow");
+    CHECK(nn_float_to_half(1.0f + 0x1p-11f) == 0x3c00, "tie to even (down)");
+    CHECK(nn_float_to_half(1.0f + 3 * 0x1p-11f) == 0x3c02, "tie to even (up)");
+    CHECK(nn_float_to_half(0x1p-25f) == 0 && nn_float_to_half(0x1.8p-25f) == 1, "subnormal rounding");
+}
+
+/* F16 and Q8 weights: the packed kernels against plain loops with the documented arithmetic. */
+static void test_narrow_types(void) {
+    for (size_t i = 0; i < N_SHAPES; i++) {
+        int T = shapes[i][0], K = shapes[i][1], N = shapes[i][2];
+        float *x = rand_buf((size_t)T * K), *wf = rand_buf((size_t)K * N), *b = rand_buf(N), *s = rand_buf(N);
+        uint16_t *wh = malloc((size_t)K * N * sizeof *wh + 2);
+        int8_t *wq = malloc((size_t)K * N + 1);
+        for (size_t j = 0; j < (size_t)K * N; j++) {
+            wh[j] = nn_float_to_half(wf[j]);
+            wq[j] = (int8_t)lrintf(wf[j] * 127.0f);
+        }
+        float *y = malloc((size_t)T * N * sizeof *y), *ref = malloc((size_t)T * N * sizeof *ref);
+        for (int type = NN_F16; type <= NN_Q8; type++)
+            for (int nk = 0; nk < 2; nk++) {
+                /* stored_nk: transpose the sources first */
+                uint16_t *h_src = wh;
+                int8_t *q_src = wq;
+                if (nk) {
+                    h_src = malloc((size_t)K * N * sizeof *h_src + 2);
+                    q_src = malloc((size_t)K * N + 1);
+                    for (int k = 0; k < K; k++)
+                        for (int n = 0; n < N; n++) {
+                            h_src[(size_t)n * K + k] = wh[(size_t)k * N + n];
+                            q_src[(size_t)n * K + k] = wq[(size_t)k * N + n];
+                        }
+                }
+                nn_linear_part part = {type == NN_F16 ? (const void *)h_src : (const void *)q_src, s, b, N};
+                nn_linear packed;
+                CHECK(nn_linear_pack(&packed, type, nk, &part, 1, K) == 0, "pack failed");
+                nn_linear_forward(y, N, x, K, &packed, T);
+                for (int t = 0; t < T; t++)
+                    for (int n = 0; n < N; n++) {
+                        float acc = type == NN_Q8 ? 0.0f : b[n];
+                        for (int k = 0; k < K; k++) {
+                            float wv = type == NN_F16 ? nn_half_to_float(wh[(size_t)k * N + n]) : (float)wq[(size_t)k * N + n];
+                            acc = fmaf(x[(size_t)t * K + k], wv, acc);
+                        }
+                        ref[(size_t)t * N + n] = type == NN_Q8 ? fmaf(acc, s[n], b[n]) : acc;
+                    }
+                CHECK(!memcmp(y, ref, (size_t)T * N * sizeof *y), "%s %s T=%d K=%d N=%d: differs from the plain loop",
+                      type == NN_F16 ? "f16" : "q8", nk ? "nk" : "kn", T, K, N);
+                float col[256];
+                if (K <= 256) {
+                    int n = N - 1;
+                    nn_linear_column(&packed, n, col);
+                    int same = 1;
+                    for (int k = 0; k < K; k++) {
+                        float wv = type == NN_F16 ? nn_half_to_float(wh[(size_t)k * N + n])
+                                                  : (float)wq[(size_t)k * N + n] * s[n];
+                        same &= col[k] == wv;
+                    }
+                    CHECK(same, "%s column %d differs", type == NN_F16 ? "f16" : "q8", n);
+                }
+                nn_linear_free(&packed);
+                if (nk) free(h_src), free(q_src);
+            }
+        free(x), free(wf), free(b), free(s), free(wh), free(wq), free(y), free(ref);
+    }
+}
+
 int main(void) {
     nn_set_threads(2);
     test_equals_naive();
     test_row_invariance();
     test_strides();
     test_concat();
+    test_half();
+    test_narrow_types();
     return harness_finish("test_linear");
 }
