@@ -8,7 +8,8 @@
  * Covered: each processor and warper against a naive version; greedy against a naive argmax
  * loop; sampling reproducibility and its distribution; beam search on hand-computed V = 5 cases
  * (a winner that changes slot, a dropped eos ranked >= num_beams, the three early_stopping
- * modes, length_penalty, n-best, max_length); parameter errors; and every case in
+ * modes, length_penalty, n-best, max_length); parameter errors; four generations driven in lock
+ * step through xcap_gen_begin/want/feed/end against their solo runs; and every case in
  * tests/fixtures/generate/toy_cases.json, written by weights/reference/toy_generate_goldens.py
  * from the Python reference on the same toy decoder (tokens identical, scores within 1e-5). */
 #include <cjson/cJSON.h>
@@ -822,6 +823,201 @@ static void test_reorder_matters(const toy_tables *tt) {
     xcap_gen_trace_free(&tr);
 }
 
+/* ---- several generations driven in lock step (xcap_gen_begin/want/feed/end) -------------- */
+
+/* One generation of a lock-step run: its own settings, decoder (cache slots) and start. */
+typedef struct {
+    const char *name;
+    xcap_params p;
+    int32_t start, eos[2];
+    int n_eos;
+    int first_round; /* rounds before this one joins */
+    int own_buffer;  /* the decoder writes into xcap_gen_logits instead of the shared buffer */
+    toy_decoder t;
+    xcap_gen *gen;
+    int rounds; /* decoder steps it took part in */
+} lockstep_run;
+
+#define LOCKSTEP_RUNS 4
+
+static int same_result(const xcap_result *a, const xcap_gen_trace *ta, const xcap_result *b,
+                       const xcap_gen_trace *tb) {
+    if (a->n_hyps != b->n_hyps || ta->stride != tb->stride || ta->n_hyps != tb->n_hyps) return 0;
+    for (int h = 0; h < a->n_hyps; h++)
+        if (!tokens_are(&a->hyps[h], b->hyps[h].tokens, b->hyps[h].n_tokens) ||
+            a->hyps[h].sum_logprob != b->hyps[h].sum_logprob || a->hyps[h].score != b->hyps[h].score)
+            return 0;
+    return memcmp(ta->slots, tb->slots, (size_t)ta->n_hyps * ta->stride * sizeof *ta->slots) == 0;
+}
+
+/* The settings of lock-step run i (see test_lockstep). */
+static xcap_params lockstep_params(int i) {
+    xcap_params p = base_params();
+    if (i == 0) { /* long beam search that moves beams between slots */
+        p.num_beams = 4;
+        p.num_return_sequences = 4;
+        p.max_length = 14;
+        p.early_stopping = XCAP_EARLY_STOP_NEVER;
+        p.no_repeat_ngram_size = 2;
+    } else if (i == 1) {
+        p.do_sample = 1;
+        p.seed = 7;
+        p.temperature = 0.8f;
+        p.top_k = 6;
+        p.top_p = 0.9f;
+        p.repetition_penalty = 1.3f;
+        p.max_length = 12;
+    } else if (i == 2) { /* ends after three tokens at most */
+        p.num_beams = 3;
+        p.num_return_sequences = 2;
+        p.length_penalty = 0.5f;
+        p.early_stopping = XCAP_EARLY_STOP_TRUE;
+        p.max_new_tokens = 3;
+    } else {
+        p.max_length = 5;
+        p.min_new_tokens = 2;
+    }
+    return p;
+}
+
+/* Each round gathers the rows every running generation wants into one logits buffer (as one
+ * batched decoder call would), then feeds each its rows and applies its reorder. Every result,
+ * score and trace must equal that generation's solo xcap_generate_traced bit for bit. */
+static void test_lockstep(const toy_tables *tt) {
+    lockstep_run runs[LOCKSTEP_RUNS] = {
+        {.name = "beam 4, n-best 4, never", .start = TOY_START, .eos = {2}, .n_eos = 1},
+        {.name = "sampling", .start = 5, .eos = {2, 7}, .n_eos = 2, .own_buffer = 1},
+        {.name = "beam 3, early_stopping true, short", .start = 9, .eos = {7}, .n_eos = 1},
+        {.name = "greedy, joins late, other vocabulary", .start = HAND_START, .eos = {HAND_EOS}, .n_eos = 1,
+         .first_round = 2},
+    };
+    for (int i = 0; i < LOCKSTEP_RUNS; i++) runs[i].p = lockstep_params(i);
+    hand_build(NULL, 0);
+    size_t shared_size = 0;
+    for (int i = 0; i < LOCKSTEP_RUNS; i++) {
+        lockstep_run *r = &runs[i];
+        r->t = i == 3 ? hand_decoder() : toy_from(tt);
+        char err[256] = "";
+        int rc = xcap_gen_begin(&r->gen, &r->p, r->t.V, r->start, r->eos, r->n_eos, r->t.P, err, sizeof err);
+        CHECK(rc == XCAP_OK, "lock step %s: begin: %s", r->name, err);
+        if (rc) goto done;
+        shared_size += (size_t)r->p.num_beams * r->t.V;
+    }
+    float *shared = malloc(shared_size * sizeof *shared);
+    CHECK(shared != NULL, "lock step: out of memory");
+    if (!shared) goto done;
+    size_t offset[LOCKSTEP_RUNS];
+    int n_rows[LOCKSTEP_RUNS], last_round[LOCKSTEP_RUNS] = {0}, reorders = 0;
+    for (int round = 0;; round++) {
+        size_t used = 0;
+        int running = 0;
+        for (int i = 0; i < LOCKSTEP_RUNS; i++) {
+            lockstep_run *r = &runs[i];
+            const int32_t *tokens;
+            int pos;
+            n_rows[i] = 0;
+            if (round < r->first_round || !xcap_gen_want(r->gen, &tokens, &n_rows[i], &pos)) continue;
+            running++;
+            CHECK(pos == round - r->first_round, "lock step %s: position %d in round %d", r->name, pos, round);
+            offset[i] = used;
+            float *out = r->own_buffer ? xcap_gen_logits(r->gen) : shared + used;
+            char err[256] = "";
+            CHECK(toy_step(&r->t, tokens, n_rows[i], pos, out, err, sizeof err) == XCAP_OK, "lock step %s: %s",
+                  r->name, err);
+            used += r->own_buffer ? 0 : (size_t)n_rows[i] * r->t.V;
+        }
+        if (!running && round > runs[3].first_round) break;
+        for (int i = 0; i < LOCKSTEP_RUNS; i++) {
+            lockstep_run *r = &runs[i];
+            if (!n_rows[i]) continue;
+            const int *src;
+            char err[256] = "";
+            int rc = xcap_gen_feed(r->gen, r->own_buffer ? xcap_gen_logits(r->gen) : shared + offset[i], &src, err,
+                                   sizeof err);
+            CHECK(rc == XCAP_OK, "lock step %s: feed in round %d: %s", r->name, round, err);
+            if (!rc && src) {
+                rc = toy_reorder(&r->t, src, n_rows[i], round - r->first_round, err, sizeof err);
+                CHECK(rc == XCAP_OK, "lock step %s: reorder in round %d: %s", r->name, round, err);
+                reorders++;
+            }
+            r->rounds++;
+            last_round[i] = round;
+        }
+    }
+    free(shared);
+    printf("lock step: decoder rounds per generation %d, %d, %d, %d (the last joined at round %d); %d reorders\n",
+           runs[0].rounds, runs[1].rounds, runs[2].rounds, runs[3].rounds, runs[3].first_round, reorders);
+    CHECK(reorders > 0, "lock step: no beam moved between slots, so reorders went untested");
+    CHECK(last_round[2] < last_round[0] && last_round[3] < last_round[0],
+          "lock step: the short generations should end before the long beam search (rounds %d, %d, %d)",
+          last_round[2], last_round[3], last_round[0]);
+
+    for (int i = 0; i < LOCKSTEP_RUNS; i++) {
+        lockstep_run *r = &runs[i];
+        xcap_result got, solo;
+        xcap_gen_trace got_trace, solo_trace;
+        char err[256] = "";
+        const int *src;
+        CHECK(xcap_gen_feed(r->gen, xcap_gen_logits(r->gen), &src, err, sizeof err) ==
+                      XCAP_ERR_ARG && src == NULL,
+              "lock step %s: logits fed after the end were taken", r->name);
+        int rc = xcap_gen_end(r->gen, &got, &got_trace, err, sizeof err);
+        CHECK(rc == XCAP_OK, "lock step %s: end: %s", r->name, err);
+        if (rc) continue;
+        CHECK(trace_matches(&r->t, r->start, &got, &got_trace), "lock step %s: trace disagrees with the decoder's slots",
+              r->name);
+        toy_decoder alone = i == 3 ? hand_decoder() : toy_from(tt);
+        xcap_decoder_ops ops = toy_ops(&alone);
+        rc = xcap_generate_traced(&ops, &r->p, r->start, r->eos, r->n_eos, alone.P, &solo, &solo_trace, err,
+                                  sizeof err);
+        CHECK(rc == XCAP_OK, "lock step %s: solo: %s", r->name, err);
+        if (!rc) {
+            CHECK(same_result(&got, &got_trace, &solo, &solo_trace),
+                  "lock step %s: result differs from the solo run (%d vs %d hypotheses)", r->name, got.n_hyps,
+                  solo.n_hyps);
+            CHECK(alone.steps == r->rounds && alone.reorders == r->t.reorders,
+                  "lock step %s: %d steps and %d reorders, solo %d and %d", r->name, r->rounds, r->t.reorders,
+                  alone.steps, alone.reorders);
+            xcap_result_free(&solo);
+            xcap_gen_trace_free(&solo_trace);
+        }
+        xcap_result_free(&got);
+        xcap_gen_trace_free(&got_trace);
+    }
+done:
+    for (int i = 0; i < LOCKSTEP_RUNS; i++) xcap_gen_free(runs[i].gen);
+}
+
+/* The state object refuses calls out of order instead of running on stale state. */
+static void test_gen_misuse(void) {
+    xcap_params p = base_params();
+    p.max_length = 4;
+    const int32_t eos = HAND_EOS;
+    xcap_gen *g;
+    char err[256] = "";
+    CHECK(xcap_gen_begin(&g, &p, HV, HAND_START, &eos, 1, HP, err, sizeof err) == XCAP_OK, "begin: %s", err);
+    xcap_result r;
+    CHECK(xcap_gen_end(g, &r, NULL, err, sizeof err) == XCAP_ERR_ARG && strstr(err, "not finished") &&
+              r.n_hyps == 0 && r.hyps == NULL,
+          "end before the generation finished: %s", err);
+    float bad[HV] = {0, 1, NAN, 3, 4};
+    const int *src;
+    CHECK(xcap_gen_feed(g, bad, &src, err, sizeof err) == XCAP_ERR_MODEL && strstr(err, "non-finite"),
+          "NaN logits: %s", err);
+    const int32_t *tokens;
+    int n_seq, pos;
+    CHECK(!xcap_gen_want(g, &tokens, &n_seq, &pos), "a failed generation still wants a step");
+    CHECK(xcap_gen_end(g, &r, NULL, err, sizeof err) == XCAP_ERR_ARG && strstr(err, "failed"),
+          "end after a failure: %s", err);
+    xcap_gen_free(g);
+    p.num_beams = 0;
+    static char not_null;
+    g = (xcap_gen *)&not_null; /* begin must clear it on failure */
+    CHECK(xcap_gen_begin(&g, &p, HV, HAND_START, &eos, 1, HP, err, sizeof err) == XCAP_ERR_ARG && g == NULL &&
+              strstr(err, "num_beams 0"),
+          "begin with bad settings: %s", err);
+}
+
 /* ---- parameter errors ---------------------------------------------------------------- */
 
 static void expect_error(const xcap_params *p, int n_positions, int want_rc, const char *needle, const char *what) {
@@ -1059,12 +1255,14 @@ int main(void) {
     test_beam_early_stopping();
     test_errors();
     test_decoder_failures();
+    test_gen_misuse();
     toy_tables tt = load_toy();
     if (tt.ok) {
         test_greedy_toy(&tt);
         test_sampling(&tt);
         test_reorder_matters(&tt);
         test_reference_cases(&tt);
+        test_lockstep(&tt);
     }
     npy_free(&tt.table);
     npy_free(&tt.mix);

@@ -251,7 +251,7 @@ typedef struct {
     int V;
     int max_length; /* effective, start token counted */
     int32_t start;
-    int32_t eos[XCAP_GEN_MAX_EOS];
+    const int32_t *eos; /* the caller's list until gen_setup_buffers copies it */
     int n_eos;
     xcap_gen_processors proc;
 } gen_setup;
@@ -262,8 +262,10 @@ static int is_eos(const gen_setup *g, int32_t token) {
     return 0;
 }
 
+/* has_reorder: whether the caller can reorder cache slots (xcap_generate's ops->reorder); checked
+ * where xcap_generate always checked it, so that the first error reported stays the same. */
 static int check_params(int V, const xcap_params *p, int32_t start_token, const int32_t *eos_ids, int n_eos,
-                        int max_positions, gen_setup *g, char *err, size_t errlen) {
+                        int max_positions, int has_reorder, gen_setup *g, char *err, size_t errlen) {
     if (!p) return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: no parameters");
     if (V < 1) return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: vocab_size %d must be at least 1", V);
     if (start_token < 0 || start_token >= V)
@@ -271,8 +273,6 @@ static int check_params(int V, const xcap_params *p, int32_t start_token, const 
                          (int)start_token, V);
     if (n_eos < 0 || (n_eos > 0 && !eos_ids))
         return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: %d eos ids given without a list", n_eos);
-    if (n_eos > XCAP_GEN_MAX_EOS)
-        return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: %d eos ids (at most %d)", n_eos, XCAP_GEN_MAX_EOS);
     for (int e = 0; e < n_eos; e++)
         if (eos_ids[e] < 0 || eos_ids[e] >= V)
             return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: eos token %d outside the vocabulary [0, %d)",
@@ -329,6 +329,8 @@ static int check_params(int V, const xcap_params *p, int32_t start_token, const 
             return xcap_fail(err, errlen, XCAP_ERR_ARG, "top_p %g must be in (0, 1] (1 = off)", (double)p->top_p);
     }
     if (p->num_beams > 1) {
+        if (!has_reorder)
+            return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: beam search needs a reorder callback");
         if (!isfinite(p->length_penalty))
             return xcap_fail(err, errlen, XCAP_ERR_ARG, "length_penalty %g is not a finite number",
                              (double)p->length_penalty);
@@ -352,14 +354,14 @@ static int check_params(int V, const xcap_params *p, int32_t start_token, const 
     g->V = V;
     g->max_length = max_length;
     g->start = start_token;
-    for (int e = 0; e < n_eos; e++) g->eos[e] = eos_ids[e];
+    g->eos = eos_ids;
     g->n_eos = n_eos;
     g->proc.repetition_penalty = p->repetition_penalty;
     g->proc.no_repeat_ngram_size = p->no_repeat_ngram_size;
     /* _prepare_generated_length: min_new_tokens, when set, replaces min_length by
      * min_new_tokens + prompt length (the MinNewTokens processor then bans the same steps). */
     g->proc.min_length = p->min_new_tokens > 0 ? p->min_new_tokens + 1 : p->min_length;
-    g->proc.eos_ids = g->eos;
+    g->proc.eos_ids = eos_ids;
     g->proc.n_eos = n_eos;
     return XCAP_OK;
 }
@@ -488,10 +490,12 @@ static void beam_set_take(arena *a, beam_set *s, int B, int L) {
 /* Carves every buffer out of one allocation (first pass measures) and sets the loops' starting
  * state. */
 static int gen_setup_buffers(xcap_gen *s, char *err, size_t errlen) {
-    const gen_setup *g = &s->g;
+    gen_setup *g = &s->g;
     const int V = g->V, L = g->max_length, T = L - 1;
     arena *a = &s->a;
+    int32_t *eos = NULL;
     for (int pass = 0; pass < 2; pass++) {
+        eos = arena_take(a, (size_t)g->n_eos, sizeof *eos);
         s->mark = arena_take(a, (size_t)V, sizeof *s->mark);
         if (!s->beam) {
             s->seq = arena_take(a, (size_t)L, sizeof *s->seq);
@@ -523,6 +527,10 @@ static int gen_setup_buffers(xcap_gen *s, char *err, size_t errlen) {
             if (rc) return rc;
         }
     }
+    /* The generation outlives the caller's eos list. */
+    if (g->n_eos) memcpy(eos, g->eos, (size_t)g->n_eos * sizeof *eos);
+    g->eos = eos;
+    g->proc.eos_ids = eos;
     memset(s->mark, 0, (size_t)V);
     if (!s->beam) {
         memset(s->slots, 0, (size_t)T * sizeof *s->slots);
@@ -533,6 +541,7 @@ static int gen_setup_buffers(xcap_gen *s, char *err, size_t errlen) {
     s->cur = 0;
     for (int b = 0; b < s->B; b++) {
         s->run[0].seq[(size_t)b * L] = g->start;
+        s->tokens[b] = g->start;
         s->run[0].score[b] = b == 0 ? 0.0f : BEAM_MASK;
         s->fin[0].score[b] = BEAM_MASK;
         s->fin[0].sum[b] = BEAM_MASK;
@@ -543,12 +552,12 @@ static int gen_setup_buffers(xcap_gen *s, char *err, size_t errlen) {
     return XCAP_OK;
 }
 
-int xcap_gen_begin(xcap_gen **out, const xcap_params *p, int vocab_size, int32_t start_token, const int32_t *eos_ids,
-                   int n_eos, int max_positions, char *err, size_t errlen) {
+static int gen_begin(xcap_gen **out, const xcap_params *p, int vocab_size, int32_t start_token, const int32_t *eos_ids,
+                     int n_eos, int max_positions, int has_reorder, char *err, size_t errlen) {
     *out = NULL;
     xcap_gen *s = calloc(1, sizeof *s);
     if (!s) return xcap_fail(err, errlen, XCAP_ERR_NOMEM, "out of memory for a generation");
-    int rc = check_params(vocab_size, p, start_token, eos_ids, n_eos, max_positions, &s->g, err, errlen);
+    int rc = check_params(vocab_size, p, start_token, eos_ids, n_eos, max_positions, has_reorder, &s->g, err, errlen);
     if (!rc) {
         s->beam = p->num_beams > 1;
         s->B = p->num_beams;
@@ -563,24 +572,22 @@ int xcap_gen_begin(xcap_gen **out, const xcap_params *p, int vocab_size, int32_t
     return XCAP_OK;
 }
 
+int xcap_gen_begin(xcap_gen **out, const xcap_params *p, int vocab_size, int32_t start_token, const int32_t *eos_ids,
+                   int n_eos, int max_positions, char *err, size_t errlen) {
+    return gen_begin(out, p, vocab_size, start_token, eos_ids, n_eos, max_positions, 1, err, errlen);
+}
+
 void xcap_gen_free(xcap_gen *s) {
     if (!s) return;
     free(s->a.base);
     free(s);
 }
 
-int xcap_gen_want(xcap_gen *s, const int32_t **tokens, int *n_seq, int *pos) {
+int xcap_gen_want(const xcap_gen *s, const int32_t **tokens, int *n_seq, int *pos) {
     if (s->finished || s->failed) return 0;
     *pos = s->pos;
-    if (!s->beam) {
-        *tokens = &s->seq[s->pos];
-        *n_seq = 1;
-        return 1;
-    }
-    const beam_set *r = &s->run[s->cur];
-    for (int b = 0; b < s->B; b++) s->tokens[b] = r->seq[(size_t)b * s->g.max_length + s->pos];
-    *tokens = s->tokens;
-    *n_seq = s->B;
+    *tokens = s->beam ? s->tokens : &s->seq[s->pos];
+    *n_seq = s->beam ? s->B : 1;
     return 1;
 }
 
@@ -706,6 +713,7 @@ static int beam_search_step(xcap_gen *s, const int **reorder, char *err, size_t 
         src[i] = beam;
         memcpy(rn->seq + (size_t)i * L, r->seq + (size_t)beam * L, (size_t)cur_len * sizeof *rn->seq);
         rn->seq[(size_t)i * L + cur_len] = cand[k].index % V;
+        s->tokens[i] = cand[k].index % V; /* what slot i runs at the next position */
         memcpy(rn->slots + (size_t)i * L, r->slots + (size_t)beam * L, (size_t)pos * sizeof *rn->slots);
         rn->slots[(size_t)i * L + pos] = beam;
         rn->score[i] = pick[i].score;
@@ -825,12 +833,9 @@ int xcap_generate_traced(const xcap_decoder_ops *ops, const xcap_params *p, int3
     if (trace) memset(trace, 0, sizeof *trace);
     if (!ops || !ops->step) return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: no decoder step callback");
     xcap_gen *s;
-    int rc = xcap_gen_begin(&s, p, ops->vocab_size, start_token, eos_ids, n_eos, max_positions, err, errlen);
+    int rc = gen_begin(&s, p, ops->vocab_size, start_token, eos_ids, n_eos, max_positions, ops->reorder != NULL, err,
+                       errlen);
     if (rc) return rc;
-    if (s->beam && !ops->reorder) {
-        xcap_gen_free(s);
-        return xcap_fail(err, errlen, XCAP_ERR_ARG, "generate: beam search needs a reorder callback");
-    }
     const int32_t *tokens;
     int n_seq, pos;
     while (xcap_gen_want(s, &tokens, &n_seq, &pos)) {

@@ -95,8 +95,6 @@ int xcap_generate_traced(const xcap_decoder_ops *ops, const xcap_params *p, int3
  *     xcap_gen_end(g, &result, &trace, ...);  xcap_gen_free(g);
  *
  * The results are those of xcap_generate_traced with the same logits, bit for bit. */
-#define XCAP_GEN_MAX_EOS 32
-
 typedef struct xcap_gen xcap_gen;
 
 /* Checks the parameters exactly as xcap_generate does (same messages) and allocates everything
@@ -105,7 +103,7 @@ int xcap_gen_begin(xcap_gen **gen, const xcap_params *p, int vocab_size, int32_t
                    int n_eos, int max_positions, char *err, size_t errlen);
 /* 1 and the next decoder step's rows (tokens[n_seq], valid until the next feed) and position,
  * or 0 when the generation has ended (or failed). */
-int xcap_gen_want(xcap_gen *gen, const int32_t **tokens, int *n_seq, int *pos);
+int xcap_gen_want(const xcap_gen *gen, const int32_t **tokens, int *n_seq, int *pos);
 /* A buffer of the generation's own that can take that step's logits ([n_seq][V]) directly. */
 float *xcap_gen_logits(xcap_gen *gen);
 /* Hands in the step's logits and runs the rest of the step. *reorder is NULL, or src[n_seq]:
