@@ -39,6 +39,10 @@ static int keep_owned(xcap_model *m, float *buf) {
 
 /* fp32 view of a tensor: F32 data used in place when aligned, otherwise converted once. */
 static int as_f32(loader *L, st_tensor *t, const float **out) {
+    if (t->dtype == ST_I8)
+        return xcap_fail(L->err, L->errlen, XCAP_ERR_MODEL,
+                         "%s: tensor %s is I8 (quantised), which xcap reads only for linear-layer weights", L->path,
+                         t->name);
     if (t->dtype == ST_F32 && ((uintptr_t)t->data % sizeof(float)) == 0) {
         *out = (const float *)t->data;
         return XCAP_OK;
@@ -88,9 +92,71 @@ static int need(loader *L, const float **out, int ndim, const int64_t *shape, co
     return as_f32(L, t, out);
 }
 
+typedef enum { STORED_KN, STORED_NK } weight_layout;
+
+/* A linear layer's weight as stored, ready for nn_linear_pack: F32 (aligned, in place; else
+ * converted), F16 kept as half, BF16 converted to F32, I8 with its "<name>_scale" column
+ * scales (an xcap quantised model, `xcap quantize`). */
+typedef struct {
+    nn_weight_type type;
+    nn_linear_part part;
+} linear_source;
+
+static int linear_source_of(loader *L, st_tensor *t, int64_t N, linear_source *src) {
+    t->used = 1;
+    src->part.n = (int)N;
+    src->part.scale = NULL;
+    if (t->dtype == ST_F16) {
+        src->type = NN_F16;
+        src->part.weight = t->data;
+        return XCAP_OK;
+    }
+    if (t->dtype == ST_I8) {
+        char name[300];
+        snprintf(name, sizeof name, "%s_scale", t->name);
+        st_tensor *sc = st_find(&L->m->st, name);
+        if (!sc)
+            return xcap_fail(L->err, L->errlen, XCAP_ERR_MODEL, "%s: tensor %s is I8 but %s [%lld] is missing", L->path,
+                             t->name, name, (long long)N);
+        int rc = check_shape(L, sc, 1, &N);
+        if (!rc) {
+            sc->used = 1;
+            rc = as_f32(L, sc, &src->part.scale);
+        }
+        src->type = NN_Q8;
+        src->part.weight = t->data;
+        return rc;
+    }
+    src->type = NN_F32;
+    const float *f = NULL;
+    int rc = as_f32(L, t, &f);
+    src->part.weight = f;
+    return rc;
+}
+
+/* Makes every source fp32 when their types differ (a checkpoint that mixes them within one
+ * fused layer); quantised parts cannot be mixed. */
+static int unify_sources(loader *L, st_tensor **tensors, linear_source *src, int count) {
+    int same = 1;
+    for (int i = 1; i < count; i++) same &= src[i].type == src[0].type;
+    if (same) return XCAP_OK;
+    for (int i = 0; i < count; i++) {
+        if (src[i].type == NN_Q8)
+            return xcap_fail(L->err, L->errlen, XCAP_ERR_MODEL,
+                             "%s: tensor %s is quantised but the layers packed with it are not", L->path,
+                             tensors[i]->name);
+        const float *f;
+        int rc = as_f32(L, tensors[i], &f);
+        if (rc) return rc;
+        src[i].type = NN_F32;
+        src[i].part.weight = f;
+    }
+    return XCAP_OK;
+}
+
 /* A converted copy that only fed a packed layer is not needed afterwards. */
-static void release_owned(xcap_model *m, const float *p) {
-    for (int i = 0; i < m->n_owned; i++)
+static void release_owned(xcap_model *m, const void *p) {
+    for (int i = 0; p && i < m->n_owned; i++)
         if (m->owned[i] == p) {
             free(m->owned[i]);
             m->owned[i] = m->owned[--m->n_owned];
@@ -98,18 +164,33 @@ static void release_owned(xcap_model *m, const float *p) {
         }
 }
 
-typedef enum { STORED_KN, STORED_NK } weight_layout;
-
-/* Packs a loaded weight (and bias, may be NULL) for nn_linear_forward, then drops the
- * converted copies it came from. K inputs, N outputs. */
-static int pack(loader *L, nn_linear *out, weight_layout layout, const float *w, const float *b, int64_t K, int64_t N,
-                const char *name) {
-    int rc = layout == STORED_KN ? nn_linear_pack_kn(out, w, b, (int)K, (int)N)
-                                 : nn_linear_pack_nk(out, w, b, (int)K, (int)N);
-    release_owned(L->m, w);
-    if (b) release_owned(L->m, b);
-    if (rc) return xcap_fail(L->err, L->errlen, XCAP_ERR_NOMEM, "%s: tensor %s: out of memory", L->path, name);
+/* Packs count sources side by side (K inputs each), then drops the converted copies. */
+static int pack_sources(loader *L, nn_linear *out, weight_layout layout, linear_source *src, int count, int64_t K,
+                        const char *what) {
+    nn_linear_part parts[3];
+    for (int i = 0; i < count; i++) parts[i] = src[i].part;
+    int rc = nn_linear_pack(out, src[0].type, layout == STORED_NK, parts, count, (int)K);
+    for (int i = 0; i < count; i++) {
+        release_owned(L->m, src[i].part.weight);
+        release_owned(L->m, src[i].part.bias);
+        release_owned(L->m, src[i].part.scale);
+    }
+    if (rc) return xcap_fail(L->err, L->errlen, XCAP_ERR_NOMEM, "%s: %s: out of memory", L->path, what);
     return XCAP_OK;
+}
+
+/* Finds a linear weight by name and checks its shape ([K,N] for Conv1D, [N,K] for nn.Linear, or
+ * the given shape); *t is set for unify_sources. */
+static int need_weight(loader *L, linear_source *src, st_tensor **t, int ndim, const int64_t *shape, int64_t N,
+                       const char *name) {
+    *t = st_find(&L->m->st, name);
+    if (!*t) {
+        char want[128];
+        format_shape(want, sizeof want, ndim, shape);
+        return xcap_fail(L->err, L->errlen, XCAP_ERR_MODEL, "%s: tensor %s %s is missing", L->path, name, want);
+    }
+    int rc = check_shape(L, *t, ndim, shape);
+    return rc ? rc : linear_source_of(L, *t, N, src);
 }
 
 /* A Conv1D (GPT-2, weight [K,N]) or nn.Linear (weight [N,K]) layer with its bias, by name
@@ -117,17 +198,18 @@ static int pack(loader *L, nn_linear *out, weight_layout layout, const float *w,
 static int need_linear(loader *L, nn_linear *out, weight_layout layout, int64_t K, int64_t N, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
 static int need_linear(loader *L, nn_linear *out, weight_layout layout, int64_t K, int64_t N, const char *fmt, ...) {
-    char prefix[224];
+    char prefix[224], name[256];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
-    const float *w, *b;
+    linear_source src;
+    st_tensor *t;
     int64_t shape[2] = {layout == STORED_KN ? K : N, layout == STORED_KN ? N : K};
-    int rc = need(L, &w, 2, shape, "%s.weight", prefix);
-    if (!rc) rc = need(L, &b, 1, &N, "%s.bias", prefix);
-    if (rc) return rc;
-    return pack(L, out, layout, w, b, K, N, prefix);
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    int rc = need_weight(L, &src, &t, 2, shape, N, name);
+    if (!rc) rc = need(L, &src.part.bias, 1, &N, "%s.bias", prefix);
+    return rc ? rc : pack_sources(L, out, layout, &src, 1, K, prefix);
 }
 
 #define SHAPE(...) (sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), ((const int64_t[]){__VA_ARGS__})
@@ -138,36 +220,38 @@ static int load_encoder(loader *L) {
     int64_t D = c->enc_hidden, I = c->enc_intermediate, P = c->patch_size;
     int64_t g = c->image_size / c->patch_size, M = g * g + 1;
     int rc;
-    const float *patch_w, *patch_b;
+    linear_source patch;
+    st_tensor *patch_t;
     if ((rc = need(L, &w->cls_token, SHAPE(1, 1, D), "encoder.embeddings.cls_token"))) return rc;
     if ((rc = need(L, &w->pos_embed, SHAPE(1, M, D), "encoder.embeddings.position_embeddings"))) return rc;
-    if ((rc = need(L, &patch_w, SHAPE(D, 3, P, P), "encoder.embeddings.patch_embeddings.projection.weight"))) return rc;
-    if ((rc = need(L, &patch_b, SHAPE(D), "encoder.embeddings.patch_embeddings.projection.bias"))) return rc;
+    if ((rc = need_weight(L, &patch, &patch_t, SHAPE(D, 3, P, P), D,
+                          "encoder.embeddings.patch_embeddings.projection.weight")))
+        return rc;
+    if ((rc = need(L, &patch.part.bias, SHAPE(D), "encoder.embeddings.patch_embeddings.projection.bias"))) return rc;
     /* The convolution weight [D,3,P,P] is an nn.Linear weight [D, 3·P·P] (spec §4.1). */
-    if ((rc = pack(L, &w->patch, STORED_NK, patch_w, patch_b, 3 * P * P, D, "encoder.embeddings.patch_embeddings")))
+    if ((rc = pack_sources(L, &w->patch, STORED_NK, &patch, 1, 3 * P * P, "encoder.embeddings.patch_embeddings")))
         return rc;
     w->layers = calloc(c->enc_layers ? c->enc_layers : 1, sizeof *w->layers);
     if (!w->layers) return xcap_fail(L->err, L->errlen, XCAP_ERR_NOMEM, "out of memory");
     for (int i = 0; i < c->enc_layers; i++) {
         vit_layer_weights *l = &w->layers[i];
         const char *p = "encoder.encoder.layer";
-        const float *qkv[3], *qkv_b[3] = {NULL, NULL, NULL};
+        linear_source qkv[3];
+        st_tensor *qkv_t[3];
         static const char *const names[3] = {"query", "key", "value"};
         if ((rc = need(L, &l->ln_before_w, SHAPE(D), "%s.%d.layernorm_before.weight", p, i))) return rc;
         if ((rc = need(L, &l->ln_before_b, SHAPE(D), "%s.%d.layernorm_before.bias", p, i))) return rc;
         for (int j = 0; j < 3; j++) {
-            if ((rc = need(L, &qkv[j], SHAPE(D, D), "%s.%d.attention.attention.%s.weight", p, i, names[j]))) return rc;
+            char name[256];
+            snprintf(name, sizeof name, "%s.%d.attention.attention.%s.weight", p, i, names[j]);
+            if ((rc = need_weight(L, &qkv[j], &qkv_t[j], SHAPE(D, D), D, name))) return rc;
+            qkv[j].part.bias = NULL;
             if (c->qkv_bias &&
-                (rc = need(L, &qkv_b[j], SHAPE(D), "%s.%d.attention.attention.%s.bias", p, i, names[j])))
+                (rc = need(L, &qkv[j].part.bias, SHAPE(D), "%s.%d.attention.attention.%s.bias", p, i, names[j])))
                 return rc;
         }
-        const int widths[3] = {(int)D, (int)D, (int)D};
-        rc = nn_linear_pack_nk_concat(&l->qkv, qkv, qkv_b, widths, 3, (int)D);
-        for (int j = 0; j < 3; j++) {
-            release_owned(L->m, qkv[j]);
-            if (qkv_b[j]) release_owned(L->m, qkv_b[j]);
-        }
-        if (rc) return xcap_fail(L->err, L->errlen, XCAP_ERR_NOMEM, "%s: layer %d attention: out of memory", L->path, i);
+        if ((rc = unify_sources(L, qkv_t, qkv, 3))) return rc;
+        if ((rc = pack_sources(L, &l->qkv, STORED_NK, qkv, 3, D, "encoder attention query/key/value"))) return rc;
         if ((rc = need_linear(L, &l->attn_out, STORED_NK, D, D, "%s.%d.attention.output.dense", p, i))) return rc;
         if ((rc = need(L, &l->ln_after_w, SHAPE(D), "%s.%d.layernorm_after.weight", p, i))) return rc;
         if ((rc = need(L, &l->ln_after_b, SHAPE(D), "%s.%d.layernorm_after.bias", p, i))) return rc;
@@ -184,31 +268,25 @@ static int load_embeddings(loader *L) {
     gpt2_weights *w = &L->m->dec;
     int64_t V = c->vocab_size, E = c->dec_hidden;
     const char *wte_name = "decoder.transformer.wte.weight", *head_name = "decoder.lm_head.weight";
-    st_tensor *wte = st_find(&L->m->st, wte_name), *head = st_find(&L->m->st, head_name);
-    const float *head_w = NULL;
+    st_tensor *wte = st_find(&L->m->st, wte_name), *head = st_find(&L->m->st, head_name), *t;
+    linear_source src;
     int rc;
-    if (c->tie_word_embeddings && !wte && head) {
-        if ((rc = need(L, &w->wte, SHAPE(V, E), "%s", head_name))) return rc;
-        head_w = w->wte;
-    } else {
+    if (!c->tie_word_embeddings) {
         if ((rc = need(L, &w->wte, SHAPE(V, E), "%s", wte_name))) return rc;
-        if (c->tie_word_embeddings) {
-            head_w = w->wte;
-            if (head) { /* stored twice: check it, use wte */
-                if ((rc = check_shape(L, head, 2, (const int64_t[]){V, E}))) return rc;
-                head->used = 1;
-            }
-        } else if ((rc = need(L, &head_w, SHAPE(V, E), "%s", head_name))) {
-            return rc;
+        if ((rc = need_weight(L, &src, &t, SHAPE(V, E), V, head_name))) return rc;
+    } else {
+        /* Tied: the packed head is the only copy kept; token embeddings are read back from it
+         * (nn_linear_column), so a GPT-2 vocabulary is held once, not twice. */
+        const char *name = !wte && head ? head_name : wte_name;
+        if ((rc = need_weight(L, &src, &t, SHAPE(V, E), V, name))) return rc;
+        if (wte && head) { /* stored twice: check it, use wte */
+            if ((rc = check_shape(L, head, 2, (const int64_t[]){V, E}))) return rc;
+            head->used = 1;
         }
+        w->wte = NULL;
     }
-    /* Tied: the packed head is the only copy kept; token embeddings are read back from it
-     * (nn_linear_column), so a GPT-2 vocabulary is held once, not twice. */
-    rc = nn_linear_pack_nk(&w->lm_head, head_w, NULL, (int)E, (int)V);
-    release_owned(L->m, head_w);
-    if (head_w == w->wte) w->wte = NULL;
-    if (rc) return xcap_fail(L->err, L->errlen, XCAP_ERR_NOMEM, "%s: %s: out of memory", L->path, head_name);
-    return XCAP_OK;
+    src.part.bias = NULL;
+    return pack_sources(L, &w->lm_head, STORED_NK, &src, 1, E, head_name);
 }
 
 static int load_decoder(loader *L) {
