@@ -12,6 +12,9 @@ void caption_usage(FILE *out);
 int cmd_batch(int argc, char **argv);
 
 int cmd_attend(int argc, char **argv);
+
+int cmd_quantize(int argc, char **argv);
+void quantize_usage(FILE *out);
 void attend_usage(FILE *out);
 
 /* Decodes an image file, or standard input when file is "-" (named "<stdin>" in errors).

@@ -16,7 +16,8 @@ static void usage(FILE *out) {
             "  batch DIR|FILE...  caption every image under folders: resumable, shardable, JSONL/CSV/\n"
             "                     sidecar text, HTML gallery\n"
             "  attend IMAGE -o DIR  caption an image and write its cross-attention maps (arrays,\n"
-            "                     overlays, a sheet and a web page) into DIR\n\n"
+            "                     overlays, a sheet and a web page) into DIR\n"
+            "  quantize IN OUT --type f16|q8  write a lighter copy of a model directory\n\n"
             "Run 'xcap COMMAND --help' for a command's own options. Options of 'caption':\n\n",
             xcap_version());
     caption_usage(out);
@@ -39,6 +40,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "caption")) return cmd_caption(argc - 1, argv + 1);
     if (!strcmp(cmd, "batch")) return cmd_batch(argc - 1, argv + 1);
     if (!strcmp(cmd, "attend")) return cmd_attend(argc - 1, argv + 1);
+    if (!strcmp(cmd, "quantize")) return cmd_quantize(argc - 1, argv + 1);
     fprintf(stderr, "xcap: unknown command '%s' (see xcap --help)\n", cmd);
     return EXIT_USAGE;
 }

@@ -145,6 +145,15 @@ int xcap_tokenize(const xcap_model *model, const char *text, size_t len, int32_t
 int xcap_detokenize(const xcap_model *model, const int32_t *ids, int n_ids, char **text,
                     char *err, size_t errlen);
 
+/* Lighter weights: writes a copy of the model directory in_dir to out_dir (created if missing;
+ * not in_dir itself) whose model.safetensors holds
+ *   XCAP_QUANT_F16: every float tensor as IEEE half (a checkpoint transformers still loads);
+ *   XCAP_QUANT_Q8:  the linear layers' weights as int8 with one float32 scale per output channel
+ *                   ("<name>_scale"), everything else float32 (an xcap extension; README).
+ * The other files of the directory (config, tokenizer, preprocessor) are copied. */
+typedef enum { XCAP_QUANT_F16 = 1, XCAP_QUANT_Q8 = 2 } xcap_quant_type;
+int xcap_quantize(const char *in_dir, const char *out_dir, xcap_quant_type type, char *err, size_t errlen);
+
 const char *xcap_version(void);
 const char *xcap_status_name(int status);
 
