@@ -90,22 +90,35 @@ static size_t packed_index(int K, int k, int n) {
     return ((size_t)(n / NN_PANEL) * K + k) * NN_PANEL + n % NN_PANEL;
 }
 
+/* Copies one part's columns n0 .. n0+n-1 into the panels. Element-typed loops (not a memcpy per
+ * element): packing runs once per load, but over every weight of the model. */
+#define PACK_PART(elem_t)                                                                              \
+    do {                                                                                               \
+        const elem_t *src = p->weight;                                                                 \
+        elem_t *dst = w->panels;                                                                       \
+        _Pragma("omp parallel for schedule(static)")                                                   \
+        for (int n = 0; n < p->n; n++) {                                                               \
+            elem_t *col = dst + packed_index(K, 0, n0 + n);                                            \
+            if (stored_nk) {                                                                           \
+                const elem_t *row = src + (size_t)n * K;                                               \
+                for (int k = 0; k < K; k++) col[(size_t)k * NN_PANEL] = row[k];                        \
+            } else {                                                                                   \
+                for (int k = 0; k < K; k++) col[(size_t)k * NN_PANEL] = src[(size_t)k * p->n + n];     \
+            }                                                                                          \
+        }                                                                                              \
+    } while (0)
+
 int nn_linear_pack(nn_linear *w, nn_weight_type type, int stored_nk, const nn_linear_part *parts, int count,
                    int K) {
     int N = 0;
     for (int i = 0; i < count; i++) N += parts[i].n;
     if (alloc_packed(w, type, K, N)) return -1;
-    const size_t es = type_size(type);
-    uint8_t *dst = w->panels;
     int n0 = 0;
     for (int i = 0; i < count; i++) {
         const nn_linear_part *p = &parts[i];
-        const uint8_t *src = p->weight;
-        for (int n = 0; n < p->n; n++)
-            for (int k = 0; k < K; k++) {
-                size_t from = stored_nk ? (size_t)n * K + k : (size_t)k * p->n + n;
-                memcpy(dst + packed_index(K, k, n0 + n) * es, src + from * es, es);
-            }
+        if (type == NN_F32) PACK_PART(float);
+        else if (type == NN_F16) PACK_PART(uint16_t);
+        else PACK_PART(int8_t);
         if (p->bias) memcpy(w->bias + n0, p->bias, (size_t)p->n * sizeof(float));
         if (type == NN_Q8) memcpy(w->scale + n0, p->scale, (size_t)p->n * sizeof(float));
         n0 += p->n;

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "nn/common.h"
 
@@ -164,13 +165,28 @@ static void release_owned(xcap_model *m, const void *p) {
         }
 }
 
-/* Packs count sources side by side (K inputs each), then drops the converted copies. */
+/* Gives back the pages of the file mapping that held bytes [p, p + n), once packed: the
+ * mapping is private and never written, so anything else on those pages faults back in from
+ * the file if it is read again. Keeps the resident size near one copy of the weights while
+ * loading, not two. */
+static void release_mapped(loader *L, const void *p, size_t n) {
+    const uint8_t *base = L->m->st.map, *at = p;
+    if (!base || at < base || at + n > base + L->m->st.map_size || n == 0) return;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t from = (uintptr_t)at / page * page, to = ((uintptr_t)at + n + page - 1) / page * page;
+    madvise((void *)from, to - from, MADV_DONTNEED);
+}
+
+/* Packs count sources side by side (K inputs each), then drops the converted copies and the
+ * mapped bytes they came from. */
 static int pack_sources(loader *L, nn_linear *out, weight_layout layout, linear_source *src, int count, int64_t K,
                         const char *what) {
     nn_linear_part parts[3];
     for (int i = 0; i < count; i++) parts[i] = src[i].part;
     int rc = nn_linear_pack(out, src[0].type, layout == STORED_NK, parts, count, (int)K);
+    size_t elem = src[0].type == NN_F32 ? 4 : src[0].type == NN_F16 ? 2 : 1;
     for (int i = 0; i < count; i++) {
+        release_mapped(L, src[i].part.weight, (size_t)src[i].part.n * (size_t)K * elem);
         release_owned(L->m, src[i].part.weight);
         release_owned(L->m, src[i].part.bias);
         release_owned(L->m, src[i].part.scale);
