@@ -5,19 +5,21 @@ one JSON file.
     /usr/bin/python3 bench/report.py RUN_DIR OUT_JSON
 
 RUN_DIR holds one folder per model with model_dir.txt (the model's path), and per thread count
-T: machine-tT.json (xcap_machine_bench), xcap-tT.json, pytorch-tT.json, onnxruntime-tT.json
-(the engines' stage timings), xcap-batch-tT.txt (the summary `xcap batch` printed) and
-rss-ENGINE-tT.txt (/usr/bin/time -f %M of one process that loads the model and captions one
-image, in KiB). A part that is missing shows as "-".
+T: machine-tT.json (xcap_machine_bench); ENGINE-tT.json for ENGINE in xcap, xcap-f16, xcap-q8
+(xcap on the model's `xcap quantize` copies), pytorch, onnxruntime (stage timings);
+xcap*-batch-tT.txt (the summary `xcap batch` printed) and rss-ENGINE-tT.txt (/usr/bin/time -f %M
+of one process that loads the model and captions one image, in KiB). An engine without parts is
+left out; a missing part shows as "-".
 
 Derived numbers, from the model's config.json:
 - encoder flops of one image: the patch projection, per layer query|key|value, the two
   attention products, attention output and MLP, and enc_to_dec_proj when present;
 - decoder weight bytes read per token: every matrix a decoder step multiplies by (self- and
   cross-attention query/output, query|key|value, MLP in and out, per layer, and the lm_head over
-  the vocabulary) at 4 bytes a weight; biases, layernorms and caches are left out.
-Speed-ups are other engine's time / xcap's time (images/s: xcap's rate / the other's), so > 1
-means xcap is faster; memory ratios are xcap's peak RSS / the other's.
+  the vocabulary) at 4 bytes a weight (xcap f16: 2; q8: 1, plus a float32 scale per output
+  channel); biases, layernorms and caches are left out.
+Speed-ups are the other engine's time / xcap's time (images/s: xcap's rate / the other's), so
+> 1 means xcap is faster; memory ratios are xcap's peak RSS / the other's.
 """
 
 import json
@@ -28,8 +30,16 @@ import subprocess
 import sys
 import time
 
-ENGINES = ("xcap", "pytorch", "onnxruntime")
-ENGINE_NAMES = {"xcap": "xcap", "pytorch": "PyTorch", "onnxruntime": "ONNX Runtime"}
+# xcap on the model as given, and on its `xcap quantize` copies when run.sh made them
+XCAP_VARIANTS = ("xcap", "xcap-f16", "xcap-q8")
+OTHERS = ("pytorch", "onnxruntime")
+ENGINES = XCAP_VARIANTS + OTHERS
+ENGINE_NAMES = {"xcap": "xcap", "xcap-f16": "xcap f16", "xcap-q8": "xcap q8", "pytorch": "PyTorch",
+                "onnxruntime": "ONNX Runtime"}
+SHORT_NAMES = {"xcap": "xcap", "xcap-q8": "q8", "pytorch": "PyTorch", "onnxruntime": "ORT"}
+# Bytes per weight of a linear layer as stored in memory while decoding (q8: plus one float32
+# scale per output channel).
+WEIGHT_BYTES = {"xcap": 4, "xcap-f16": 2, "xcap-q8": 1, "pytorch": 4, "onnxruntime": 4}
 # (key, label, unit scale, unit)
 STAGES = (
     ("load", "model load", 1.0, "s"),
@@ -71,33 +81,44 @@ def model_numbers(model_dir):
     flops = 2 * n * 3 * P * P * D + L * (2 * M * D * 3 * D + 2 * 2 * M * M * D + 2 * M * D * D + 2 * 2 * M * D * I)
     if D != E:
         flops += 2 * M * D * E
-    weights = Ld * (3 * E * E + E * E + E * E + E * E + 2 * E * F) + E * V
+    # per layer: c_attn E->3E, c_proj, q_attn, cross c_proj (E->E each), c_fc E->F, mlp c_proj F->E
+    matrices = [(E, 3 * E), (E, E), (E, E), (E, E), (E, F), (F, E)] * Ld + [(E, V)]
     safetensors = os.path.join(model_dir, "model.safetensors")
     return {
         "encoder": f"ViT {S}px/{P}, {L} layers, width {D}",
         "decoder": f"GPT-2 {Ld} layers, width {E}, vocabulary {V}",
         "encoder_flops": flops,
-        "decoder_weight_bytes_per_token": 4 * weights,
+        "decoder_weights_per_token": sum(k * n for k, n in matrices),
+        "decoder_output_channels": sum(n for _, n in matrices),
         "file_bytes": os.path.getsize(safetensors) if os.path.exists(safetensors) else None,
     }
 
 
-def xcap_batch_rate(text):
+def decoder_bytes(numbers, engine):
+    b = WEIGHT_BYTES[engine] * numbers["decoder_weights_per_token"]
+    return b + 4 * numbers["decoder_output_channels"] if engine == "xcap-q8" else b
+
+
+def batch_rate(text):
     m = re.search(r"([0-9.]+) images/s", text or "")
     return float(m.group(1)) if m else None
 
 
-def collect(model_run, threads):
+def present_engines(model_run):
+    return [e for e in ENGINES if any(f.startswith(f"{e}-t") and f.endswith(".json") for f in os.listdir(model_run))]
+
+
+def collect(model_run, threads, engines):
     """{engine: {"stages", "batch_images_per_s", "rss_mb", "greedy_tokens", ...}} for one T."""
     out = {}
-    for engine in ENGINES:
+    for engine in engines:
         part = read_json(os.path.join(model_run, f"{engine}-t{threads}.json")) or {}
         e = {"stages": {k: v["median_s"] for k, v in part.get("stages", {}).items()},
              "reps": {k: v["reps"] for k, v in part.get("stages", {}).items()},
              "greedy_tokens": part.get("greedy_tokens"), "beam_tokens": part.get("beam_tokens"),
              "version": part.get("version")}
-        if engine == "xcap":
-            e["batch_images_per_s"] = xcap_batch_rate(read_text(os.path.join(model_run, f"xcap-batch-t{threads}.txt")))
+        if engine in XCAP_VARIANTS:  # `xcap batch`'s own summary line
+            e["batch_images_per_s"] = batch_rate(read_text(os.path.join(model_run, f"{engine}-batch-t{threads}.txt")))
         else:
             e["batch_images_per_s"] = (part.get("batch") or {}).get("images_per_s")
         rss = read_text(os.path.join(model_run, f"rss-{engine}-t{threads}.txt"))
@@ -111,29 +132,35 @@ def ratio(a, b):
     return a / b if a is not None and b is not None and b > 0 else None
 
 
+def same(a, b):
+    return a == b if a and b else None
+
+
 def derive(engines, machine, numbers):
-    """Speed-ups against xcap and the fractions of the machine's limits."""
-    x = engines["xcap"]
+    """Speed-ups of each xcap variant against the other engines, token agreement, and each
+    engine's fraction of the machine's limits."""
     r = {}
-    for other in ("pytorch", "onnxruntime"):
-        o = engines[other]
-        r[f"speedup_vs_{other}"] = {k: ratio(o["stages"].get(k), x["stages"].get(k)) for k, *_ in STAGES}
-        r[f"speedup_vs_{other}"]["batch"] = ratio(x["batch_images_per_s"], o["batch_images_per_s"])
-        r[f"rss_vs_{other}"] = ratio(x["rss_mb"], o["rss_mb"])
-        r[f"greedy_tokens_equal_{other}"] = (x["greedy_tokens"] == o["greedy_tokens"]
-                                             if x["greedy_tokens"] and o["greedy_tokens"] else None)
-    r["beam_tokens_equal_pytorch"] = (x["beam_tokens"] == engines["pytorch"]["beam_tokens"]
-                                      if x["beam_tokens"] and engines["pytorch"]["beam_tokens"] else None)
+    for xv in (e for e in XCAP_VARIANTS if e in engines):
+        x = engines[xv]
+        for other in (o for o in OTHERS if o in engines):
+            o = engines[other]
+            up = {k: ratio(o["stages"].get(k), x["stages"].get(k)) for k, *_ in STAGES}
+            up["batch"] = ratio(x["batch_images_per_s"], o["batch_images_per_s"])
+            r[f"{xv}_speedup_vs_{other}"] = up
+            r[f"{xv}_rss_vs_{other}"] = ratio(x["rss_mb"], o["rss_mb"])
+            r[f"{xv}_greedy_tokens_equal_{other}"] = same(x["greedy_tokens"], o["greedy_tokens"])
+            r[f"{xv}_beam_tokens_equal_{other}"] = same(x["beam_tokens"], o["beam_tokens"])
     machine = machine or {}
     for name, e in engines.items():
         enc, tok = e["stages"].get("encoder"), e["stages"].get("decoder_token")
         gflops = numbers["encoder_flops"] / enc * 1e-9 if enc else None
-        gbs = numbers["decoder_weight_bytes_per_token"] / tok * 1e-9 if tok else None
+        gbs = decoder_bytes(numbers, name) / tok * 1e-9 if tok else None
         r[f"{name}_encoder_gflops"] = gflops
         r[f"{name}_encoder_of_sgemm"] = ratio(gflops, machine.get("sgemm_encoder_gflops"))
         r[f"{name}_decoder_weight_gbs"] = gbs
         r[f"{name}_decoder_of_bandwidth"] = ratio(gbs, machine.get("bandwidth_gbs"))
-    if numbers["file_bytes"] and x["rss_mb"]:
+    x = engines.get("xcap")
+    if numbers["file_bytes"] and x and x["rss_mb"]:
         r["xcap_rss_minus_file_mb"] = x["rss_mb"] - numbers["file_bytes"] / 1e6
     return r
 
@@ -155,44 +182,58 @@ def speed(v):
     return "-" if v is None else f"{v:.2f}x"
 
 
+def yes_no(v):
+    return {True: "yes", False: "no", None: "-"}[v]
+
+
 def markdown(label, info, per_threads):
+    first = next(iter(per_threads.values()))["engines"]
+    engines = list(first)
+    pairs = [(xv, o) for xv in ("xcap", "xcap-q8") if xv in first for o in OTHERS if o in first]
     lines = [f"### {label}", "",
              f"`{info['dir']}`: {info['encoder']}; {info['decoder']}; model.safetensors "
              f"{fmt(info['file_bytes'] / 1e6 if info['file_bytes'] else None)} MB", "",
-             "| stage | threads | xcap | PyTorch | ONNX Runtime | xcap vs PyTorch | xcap vs ORT |",
-             "|---|---|---|---|---|---|---|"]
+             "| stage | threads | " + " | ".join(ENGINE_NAMES[e] for e in engines) + " | "
+             + " | ".join(f"{SHORT_NAMES[xv]} vs {SHORT_NAMES[o]}" for xv, o in pairs) + " |",
+             "|---|---|" + "---|" * (len(engines) + len(pairs))]
     for key, name, scale, unit in STAGES + (("batch", "batch throughput", 1.0, "images/s"),
                                             ("rss", "peak RSS, load + 1 caption", 1.0, "MB")):
         for t, d in per_threads.items():
             e, r = d["engines"], d["ratios"]
             if key == "batch":
-                vals = [e[n]["batch_images_per_s"] for n in ENGINES]
-                rel = [speed(r[f"speedup_vs_{o}"]["batch"]) for o in ("pytorch", "onnxruntime")]
+                vals = [e[n]["batch_images_per_s"] for n in engines]
+                rel = [speed(r[f"{xv}_speedup_vs_{o}"]["batch"]) for xv, o in pairs]
             elif key == "rss":
-                vals = [e[n]["rss_mb"] for n in ENGINES]
-                rel = [f"{pct(r[f'rss_vs_{o}'])} of it" if r[f"rss_vs_{o}"] else "-" for o in ("pytorch", "onnxruntime")]
+                vals = [e[n]["rss_mb"] for n in engines]
+                rel = [f"{pct(r[f'{xv}_rss_vs_{o}'])} of it" if r[f"{xv}_rss_vs_{o}"] else "-" for xv, o in pairs]
             else:
-                vals = [e[n]["stages"].get(key) for n in ENGINES]
+                vals = [e[n]["stages"].get(key) for n in engines]
                 vals = [v * scale if v is not None else None for v in vals]
-                rel = [speed(r[f"speedup_vs_{o}"][key]) for o in ("pytorch", "onnxruntime")]
-            lines.append(f"| {name} ({unit}) | {t} | " + " | ".join(fmt(v) for v in vals) + " | " + " | ".join(rel) + " |")
-    lines += ["", "| threads | sgemm GFLOP/s (encoder shapes) | FMA peak GFLOP/s, AVX2 / AVX-512 "
-              "| encoder GFLOP/s: xcap / PyTorch / ORT (of sgemm) "
-              "| bandwidth GB/s | decoder weight GB/s: xcap / PyTorch / ORT (of bandwidth) | same greedy tokens "
-              "(PyTorch, ORT) | same beam tokens |",
-              "|---|---|---|---|---|---|---|---|"]
+                rel = [speed(r[f"{xv}_speedup_vs_{o}"][key]) for xv, o in pairs]
+            lines.append(f"| {name} ({unit}) | {t} | " + " | ".join(fmt(v) for v in vals) + " | "
+                         + " | ".join(rel) + " |")
+    lines += ["", "| threads | OpenBLAS sgemm, encoder shapes (GFLOP/s) | FMA peak AVX2 / AVX-512 (GFLOP/s) "
+              "| streaming read (GB/s) |", "|---|---|---|---|"]
     for t, d in per_threads.items():
-        m, r = d["machine"] or {}, d["ratios"]
-        peak = f"{fmt(m.get('fma_peak_avx2_gflops'))} / {fmt(m.get('fma_peak_avx512_gflops'))}"
-        enc = " / ".join(f"{fmt(r[f'{n}_encoder_gflops'])} ({pct(r[f'{n}_encoder_of_sgemm'])})" for n in ENGINES)
-        dec = " / ".join(f"{fmt(r[f'{n}_decoder_weight_gbs'])} ({pct(r[f'{n}_decoder_of_bandwidth'])})" for n in ENGINES)
-        same = ", ".join({True: "yes", False: "no", None: "-"}[r[f"greedy_tokens_equal_{o}"]]
-                         for o in ("pytorch", "onnxruntime"))
-        beam = {True: "yes", False: "no", None: "-"}[r["beam_tokens_equal_pytorch"]]
-        lines.append(f"| {t} | {fmt(m.get('sgemm_encoder_gflops'))} | {peak} | {enc} | {fmt(m.get('bandwidth_gbs'))} | {dec} "
-                     f"| {same} | {beam} |")
+        m = d["machine"] or {}
+        lines.append(f"| {t} | {fmt(m.get('sgemm_encoder_gflops'))} | {fmt(m.get('fma_peak_avx2_gflops'))} / "
+                     f"{fmt(m.get('fma_peak_avx512_gflops'))} | {fmt(m.get('bandwidth_gbs'))} |")
+    lines += ["", "| engine | threads | encoder GFLOP/s | of sgemm | decoder weight GB/s | of bandwidth |",
+              "|---|---|---|---|---|---|"]
+    for n in engines:
+        for t, d in per_threads.items():
+            r = d["ratios"]
+            lines.append(f"| {ENGINE_NAMES[n]} | {t} | {fmt(r[f'{n}_encoder_gflops'])} | {pct(r[f'{n}_encoder_of_sgemm'])} "
+                         f"| {fmt(r[f'{n}_decoder_weight_gbs'])} | {pct(r[f'{n}_decoder_of_bandwidth'])} |")
+    lines.append("")
+    for t, d in per_threads.items():
+        r = d["ratios"]
+        agree = [f"{ENGINE_NAMES[xv]} = {ENGINE_NAMES[o]}: greedy {yes_no(r[f'{xv}_greedy_tokens_equal_{o}'])}"
+                 + (f", beam {yes_no(r[f'{xv}_beam_tokens_equal_{o}'])}" if o == "pytorch" else "")
+                 for xv in XCAP_VARIANTS if xv in d["engines"] for o in OTHERS if o in d["engines"]]
+        lines.append(f"Same tokens, {t} thread(s): " + "; ".join(agree) + ".")
     blas = next((d["machine"].get("openblas") for d in per_threads.values() if d["machine"]), None)
-    versions = ", ".join(f"{ENGINE_NAMES[n]} {v}" for n in ENGINES[1:]
+    versions = ", ".join(f"{ENGINE_NAMES[n]} {v}" for n in OTHERS if n in engines
                          for v in [next((d["engines"][n]["version"] for d in per_threads.values()
                                          if d["engines"][n]["version"]), None)] if v)
     lines += ["", f"sgemm: {blas or '-'}; {versions}"]
@@ -232,9 +273,10 @@ def main(argv):
         per_threads = {}
         threads = sorted({int(f[len("machine-t"):-5]) for f in os.listdir(model_run)
                           if f.startswith("machine-t") and f.endswith(".json")})
+        present = present_engines(model_run)
         for t in threads:
             machine = read_json(os.path.join(model_run, f"machine-t{t}.json"))
-            engines = collect(model_run, t)
+            engines = collect(model_run, t, present)
             per_threads[t] = {"machine": machine, "engines": engines, "ratios": derive(engines, machine, info)}
         info["threads"] = {str(t): d for t, d in per_threads.items()}
         result["models"].append(info)
