@@ -76,7 +76,11 @@ static int alloc_packed(nn_linear *w, nn_weight_type type, int K, int N) {
         nn_linear_free(w);
         return -1;
     }
-    memset(w->panels, 0, bytes);
+    /* Only the last panel has padding columns to clear; packing writes everything else. */
+    if (np != (size_t)N) {
+        size_t panel_bytes = (size_t)(K > 0 ? K : 1) * NN_PANEL * type_size(type);
+        memset((uint8_t *)w->panels + bytes - panel_bytes, 0, panel_bytes);
+    }
     memset(w->bias, 0, np * sizeof(float));
     if (w->scale) memset(w->scale, 0, np * sizeof(float));
     w->type = type;
