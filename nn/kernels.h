@@ -23,6 +23,11 @@ void add_inplace(float *y, const float *x, size_t n);
 /* In-place softmax of one row, max-subtracted, fp32. */
 void softmax(float *x, int n);
 
+/* Dot product in one fixed order on every machine: 8 lane sums (lane l takes elements l, l+8,
+ * ...) folded (l, l+4), (l, l+2), (0, 1), then plus the in-order sum of the tail past the last
+ * multiple of 8; all products fused. Attention's query-key scores use it. */
+float nn_dot(const float *a, const float *b, int n);
+
 /* Multi-head scaled dot-product attention. Head h of query row i uses q[i*q_stride + h*hd ..],
  * keys k[j*k_stride + h*hd ..] and values v[j*v_stride + h*hd ..] for j < n_keys, where
  * n_keys = causal ? causal_offset + i + 1 : Tk. Writes out[i*out_stride + h*hd ..] and the

@@ -121,11 +121,28 @@ static void test_attention(void) {
     }
 }
 
+/* nn_dot follows its documented order exactly (the vector and the portable code alike). */
+static void test_dot(void) {
+    for (int n = 0; n <= 70; n++) {
+        float *a = rand_buf((size_t)n), *b = rand_buf((size_t)n);
+        float lane[8] = {0}, tail = 0.0f;
+        int d = 0;
+        for (; d + 8 <= n; d += 8)
+            for (int l = 0; l < 8; l++) lane[l] = fmaf(a[d + l], b[d + l], lane[l]);
+        for (; d < n; d++) tail = fmaf(a[d], b[d], tail);
+        float want = (((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]))) + tail;
+        float got = nn_dot(a, b, n);
+        CHECK(memcmp(&got, &want, sizeof got) == 0, "nn_dot n=%d: %.9g, documented order gives %.9g", n, got, want);
+        free(a), free(b);
+    }
+}
+
 int main(void) {
     nn_set_threads(2);
     test_layernorm();
     test_activations();
     test_softmax();
     test_attention();
+    test_dot();
     return harness_finish("test_kernels");
 }
