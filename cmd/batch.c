@@ -57,7 +57,8 @@ static void batch_usage(FILE *out) {
             "UTF-8 is shown with U+FFFD and given exactly in \"path_base64\".\n\n");
     options_print_help(out);
     fprintf(out, "\nExit codes: 0 every image captioned or skipped, 1 some failed (the others are still\n"
-                 "captioned), 2 usage error, 3 the model could not be loaded.\n");
+                 "captioned), 2 usage error, 3 the model could not be loaded, 130 / 143 stopped by SIGINT /\n"
+                 "SIGTERM (the record in hand is finished first; run the same command again to resume).\n");
 }
 
 typedef struct {
@@ -234,6 +235,8 @@ static int write_gallery(const batch_settings *s, const batch_list *list, const 
     free(entries);
     return rc;
 }
+
+static void on_stop_signal(int signo) { batch_stop_signal = signo; }
 
 static void print_summary(const batch_list *list, size_t skipped, size_t skipped_failed, const batch_run_result *res,
                           double run_seconds, double load_seconds) {
@@ -434,10 +437,25 @@ int cmd_batch(int argc, char **argv) {
         .verbose = opt.verbose,
         .kill_after = env_long("XCAP_TEST_KILL_AFTER"),
         .kill_partial = env_long("XCAP_TEST_KILL_PARTIAL") != 0,
+        .signal_after = env_long("XCAP_TEST_SIGNAL_AFTER"),
+        .test_signal = env_long("XCAP_TEST_SIGNAL") == SIGTERM ? SIGTERM : SIGINT,
     };
     double t1 = batch_now();
     int rc = XCAP_OK;
+    /* Ctrl-C (or a scheduler's SIGTERM) ends the run between records: the one being written is
+     * completed, the summary printed. A second signal kills at once (SA_RESETHAND). */
+    struct sigaction stop = {0}, old_int, old_term;
+    stop.sa_handler = on_stop_signal;
+    stop.sa_flags = SA_RESETHAND;
+    sigemptyset(&stop.sa_mask);
+    sigaction(SIGINT, &stop, &old_int);
+    sigaction(SIGTERM, &stop, &old_term);
+    /* Past a file-size limit (ulimit -f) a write should fail with EFBIG and be reported, not
+     * kill the process. */
+    signal(SIGXFSZ, SIG_IGN);
     if (n_todo) rc = batch_run(model, &params, todo, n_todo, &ropt, &progress, &res, err, sizeof err);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
     double run_seconds = batch_now() - t1;
     batch_progress_clear(&progress);
     if (rc != XCAP_OK && !res.write_failed) {
@@ -457,6 +475,12 @@ int cmd_batch(int argc, char **argv) {
     }
     if (!s.quiet) print_summary(&list, skipped, skipped_failed, &res, run_seconds, load_seconds);
     code = (res.failed || res.write_failed || gallery_failed || list.dir_failures) ? EXIT_SOME_FAILED : EXIT_ALL_OK;
+    if (res.interrupted) {
+        /* Even with --quiet: the run did not do what was asked. */
+        fprintf(stderr, "xcap batch: interrupted by %s after %zu of %zu images; the same command resumes\n",
+                res.interrupted == SIGINT ? "SIGINT" : "SIGTERM", res.captioned + res.failed, n_todo);
+        code = 128 + res.interrupted;
+    }
 
 done:
     if (out_fd >= 0) close(out_fd);

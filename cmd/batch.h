@@ -7,6 +7,7 @@
 #ifndef XCAP_CMD_BATCH_H
 #define XCAP_CMD_BATCH_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -186,15 +187,22 @@ typedef struct {
     int verbose;
     long kill_after;     /* test hook: SIGKILL after this many records (0 = off) */
     int kill_partial;    /* ... with the last record only half written */
+    long signal_after;   /* test hook: raise test_signal after this many records (0 = off) */
+    int test_signal;
 } batch_run_options;
 
 typedef struct {
     size_t captioned, failed;
     int write_failed;     /* the output could not be written: the run stopped */
+    int interrupted;      /* the signal (SIGINT, SIGTERM) that stopped the run, else 0 */
     char *first_errors[5];
     size_t n_first_errors;
     batch_record *records; /* with html_dir: one per todo item (path borrowed from the item) */
 } batch_run_result;
+
+/* Set by the SIGINT/SIGTERM handler of `xcap batch` to the signal's number: the run writes the
+ * record in hand, then stops (records are complete lines, so a resumed run carries on). */
+extern volatile sig_atomic_t batch_stop_signal;
 
 /* Captions todo[0..n), writing one record per image in list order. Returns XCAP_OK, the
  * xcap_state_new error (the model is unusable), or XCAP_ERR_IO when the output could not be

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cmd/batch.h"
 #include "cmd/image.h"
@@ -22,6 +23,8 @@
 enum { SLOT_FREE, SLOT_DECODING, SLOT_DECODED, SLOT_CAPTIONING, SLOT_DONE };
 
 static const size_t DECODED_BUDGET = (size_t)512 << 20; /* bytes of RGB */
+
+volatile sig_atomic_t batch_stop_signal = 0;
 
 typedef struct {
     size_t index;
@@ -234,15 +237,21 @@ static int write_record(const batch_run_options *opt, const batch_item *it, slot
         size_t len = strlen(line);
         /* Test hook: only the first half of this record reaches the file. */
         if (kill_now && opt->kill_partial) len /= 2;
+        off_t start = lseek(opt->out_fd, 0, SEEK_CUR); /* -1 on a pipe or terminal */
         if (write_all(opt->out_fd, line, len) != 0) {
+            int e = errno;
+            /* A full disk or a file-size limit can cut the line short: cut the file back to
+             * the last complete record, so that a later run resumes from whole lines. */
+            if (start >= 0 && ftruncate(opt->out_fd, start) == 0) lseek(opt->out_fd, start, SEEK_SET);
             batch_progress_clear(progress);
-            fprintf(stderr, "xcap batch: cannot write %s: %s\n", opt->output_name, strerror(errno));
+            fprintf(stderr, "xcap batch: cannot write %s: %s\n", opt->output_name, strerror(e));
             free(line);
             return -1;
         }
         free(line);
     }
     if (kill_now) raise(SIGKILL);
+    if (opt->signal_after > 0 && written + 1 == opt->signal_after) raise(opt->test_signal); /* test hook */
 
     const char *error = s->error ? s->error : NULL;
     if (r) res->captioned++;
@@ -321,10 +330,11 @@ int batch_run(const xcap_model *model, const xcap_params *params, batch_item **t
         rc = XCAP_ERR_NOMEM;
     }
 
-    for (size_t i = 0; i < n && rc == XCAP_OK; i++) {
+    for (size_t i = 0; i < n && rc == XCAP_OK && !res->interrupted; i++) {
         slot *s = &p.slots[i % p.window];
         pthread_mutex_lock(&p.mu);
         while (!(s->index == i && s->state == SLOT_DONE && i < p.next_decode)) {
+            if (batch_stop_signal) break;
             /* Wake up now and then to keep the progress bar's rate and ETA moving. */
             struct timespec until;
             clock_gettime(CLOCK_REALTIME, &until);
@@ -337,7 +347,16 @@ int batch_run(const xcap_model *model, const xcap_params *params, batch_item **t
                 pthread_mutex_lock(&p.mu);
             }
         }
+        int ready = s->index == i && s->state == SLOT_DONE && i < p.next_decode;
         pthread_mutex_unlock(&p.mu);
+        if (!ready) { /* interrupted while waiting: nothing of record i was written */
+            res->interrupted = (int)batch_stop_signal;
+            pthread_mutex_lock(&p.mu);
+            p.stop = 1;
+            pthread_cond_broadcast(&p.changed);
+            pthread_mutex_unlock(&p.mu);
+            break;
+        }
 
         if (write_record(opt, todo[i], s, (long)i, res, progress) != 0) {
             res->write_failed = 1;
@@ -351,7 +370,8 @@ int batch_run(const xcap_model *model, const xcap_params *params, batch_item **t
         pthread_mutex_lock(&p.mu);
         slot_clear(s);
         p.next_write++;
-        if (rc != XCAP_OK) p.stop = 1;
+        if (batch_stop_signal && i + 1 < n) res->interrupted = (int)batch_stop_signal;
+        if (rc != XCAP_OK || res->interrupted) p.stop = 1;
         pthread_cond_broadcast(&p.changed);
         pthread_mutex_unlock(&p.mu);
     }
