@@ -12,6 +12,10 @@ if ! command -v valgrind >/dev/null; then
     echo "test_valgrind: valgrind not installed, skipped (.ci/run installs it)"
     exit 0
 fi
+if ldd "$XCAP" 2>/dev/null | grep -q libasan; then
+    echo "test_valgrind: skipped for a sanitizer build (AddressSanitizer and valgrind exclude each other)"
+    exit 0
+fi
 TMP=$(mktemp -d /tmp/xcap_vg.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 source "$(dirname "$0")/shell_harness.sh"
