@@ -29,7 +29,7 @@ volatile sig_atomic_t batch_stop_signal = 0;
 typedef struct {
     size_t index;
     int state;
-    uint8_t *rgb;
+    float *pixels; /* the model's input, preprocessed by the decoding thread */
     int width, height;
     char *error; /* names the file */
     xcap_result result;
@@ -37,6 +37,7 @@ typedef struct {
 } slot;
 
 typedef struct {
+    const xcap_model *model;
     const xcap_params *params;
     batch_item **todo;
     size_t n;
@@ -46,7 +47,7 @@ typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t changed;
     size_t next_decode, next_write;
-    size_t decoded_bytes; /* RGB held by decoded images not yet captioned */
+    size_t decoded_bytes; /* pixels held by decoded images not yet captioned */
     int stop;
 } pipeline;
 
@@ -97,15 +98,29 @@ static void *decode_thread(void *arg) {
             if (thumb) batch_write_thumb(thumb, rgb, w, h);
             free(thumb);
         }
+        /* Resize and normalise here too, so that the captioning threads only run the network;
+         * the full-size RGB is dropped as soon as the model's input exists. */
+        float *pixels = NULL;
+        size_t pixel_bytes = xcap_pixel_count(p->model) * sizeof *pixels;
+        if (rgb) {
+            pixels = malloc(pixel_bytes);
+            if (!pixels) error = dup_string("out of memory");
+            else if (xcap_preprocess(p->model, rgb, w, h, pixels, err, sizeof err) != XCAP_OK) {
+                error = message(it->path, err);
+                free(pixels);
+                pixels = NULL;
+            }
+            free(rgb);
+        }
 
         pthread_mutex_lock(&p->mu);
-        s->rgb = rgb;
+        s->pixels = pixels;
         s->width = w;
         s->height = h;
         s->error = error;
-        if (!rgb && !error) s->error = dup_string("out of memory");
-        s->state = rgb ? SLOT_DECODED : SLOT_DONE;
-        if (rgb) p->decoded_bytes += (size_t)w * (size_t)h * 3;
+        if (!pixels && !error) s->error = dup_string("out of memory");
+        s->state = pixels ? SLOT_DECODED : SLOT_DONE;
+        if (pixels) p->decoded_bytes += pixel_bytes;
         pthread_cond_broadcast(&p->changed);
     }
     pthread_mutex_unlock(&p->mu);
@@ -136,24 +151,24 @@ static void caption_group(worker *wk, slot **group, int count) {
     xcap_result results[BATCH_MAX_GROUP];
     int status[BATCH_MAX_GROUP];
     char *errors[BATCH_MAX_GROUP] = {0};
-    for (int g = 0; g < count; g++) imgs[g] = (xcap_image){group[g]->rgb, group[g]->width, group[g]->height};
+    for (int g = 0; g < count; g++) imgs[g] = (xcap_image){NULL, group[g]->width, group[g]->height, group[g]->pixels};
     int rc = xcap_caption_batch(wk->state, imgs, count, p->params, results, status, err, sizeof err);
     for (int g = 0; g < count && rc != XCAP_OK; g++) {
         if (status[g] == XCAP_OK) continue;
         /* The batch call names only the first failure; the image alone gives its own message. */
         xcap_result_free(&results[g]);
-        int again = xcap_caption(wk->state, imgs[g].rgb, imgs[g].width, imgs[g].height, p->params, &results[g], err,
-                                 sizeof err);
-        if (again == XCAP_OK) status[g] = XCAP_OK;
+        int alone;
+        if (xcap_caption_batch(wk->state, &imgs[g], 1, p->params, &results[g], &alone, err, sizeof err) == XCAP_OK)
+            status[g] = XCAP_OK;
         else errors[g] = message(p->todo[group[g]->index]->path, err);
     }
 
     pthread_mutex_lock(&p->mu);
     for (int g = 0; g < count; g++) {
         slot *s = group[g];
-        free(s->rgb);
-        s->rgb = NULL;
-        p->decoded_bytes -= (size_t)s->width * (size_t)s->height * 3;
+        free(s->pixels);
+        s->pixels = NULL;
+        p->decoded_bytes -= xcap_pixel_count(p->model) * sizeof(float);
         if (status[g] == XCAP_OK) {
             s->result = results[g];
             s->has_result = 1;
@@ -196,10 +211,10 @@ static void *caption_thread(void *arg) {
 }
 
 static void slot_clear(slot *s) {
-    free(s->rgb);
+    free(s->pixels);
     free(s->error);
     if (s->has_result) xcap_result_free(&s->result);
-    s->rgb = NULL;
+    s->pixels = NULL;
     s->error = NULL;
     s->has_result = 0;
     s->state = SLOT_FREE;
@@ -285,6 +300,7 @@ int batch_run(const xcap_model *model, const xcap_params *params, batch_item **t
               size_t errlen) {
     memset(res, 0, sizeof *res);
     pipeline p = {0};
+    p.model = model;
     p.params = params;
     p.todo = todo;
     p.n = n;

@@ -117,11 +117,21 @@ int xcap_caption(xcap_state *state, const uint8_t *rgb, int width, int height,
                  const xcap_params *params, xcap_result *result, char *err, size_t errlen);
 void xcap_result_free(xcap_result *result);
 
-/* One decoded image for xcap_caption_batch: RGB as for xcap_caption. */
+/* One image for xcap_caption_batch: RGB as for xcap_caption, or (pixels non-NULL) the output
+ * of xcap_preprocess for it, which lets a caller resize and normalise on other threads while
+ * the network runs. */
 typedef struct {
     const uint8_t *rgb;
     int width, height;
+    const float *pixels; /* NULL, or xcap_pixel_count(model) floats from xcap_preprocess */
 } xcap_image;
+
+/* The model's input for one image: 3 x size x size floats, channel-major. */
+size_t xcap_pixel_count(const xcap_model *model);
+/* The model's preprocessing (resize, rescale, normalise; Pillow-exact) of an RGB image into
+ * pixels (xcap_pixel_count floats). Thread-safe; the model is only read. */
+int xcap_preprocess(const xcap_model *model, const uint8_t *rgb, int width, int height, float *pixels, char *err,
+                    size_t errlen);
 
 /* Captions n images with one set of parameters; results[i] and status[i] (an xcap_status)
  * belong to imgs[i]. The encoder runs several images per pass (their patch tokens stacked, so

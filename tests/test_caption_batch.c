@@ -133,7 +133,7 @@ static void check_arguments(xcap_state *st, const image_set *set, const xcap_par
           "num_beams 0: rc %d, status %d %d", rc, status[0], status[1]);
     CHECK(results[0].n_hyps == 0 && results[1].n_hyps == 0, "num_beams 0 left results");
     /* Every image bad: each gets its status, none a result. */
-    xcap_image bad[2] = {{NULL, 0, 0}, {set->img[0].rgb, -3, 5}};
+    xcap_image bad[2] = {{NULL, 0, 0, NULL}, {set->img[0].rgb, -3, 5, NULL}};
     rc = xcap_caption_batch(st, bad, 2, defaults, results, status, err, sizeof err);
     CHECK(rc == XCAP_ERR_ARG && status[0] == XCAP_ERR_ARG && status[1] == XCAP_ERR_ARG,
           "all bad: rc %d, status %d %d", rc, status[0], status[1]);
@@ -173,10 +173,23 @@ static void check_model(const char *name, const image_set *set) {
     check_batch(what, m, single, batched, set, MAX_IMAGES, 3, &beam);
     snprintf(what, sizeof what, "%s beam 4 attention maps", name);
     check_batch(what, m, single, batched, set, 5, 2, &maps);
+    /* Images handed over as xcap_preprocess output (what `xcap batch` does on its decoding
+     * threads) caption exactly like their RGB through xcap_caption. */
+    image_set pre = *set;
+    float *pixels[N_STEMS];
+    for (int i = 0; i < N_STEMS; i++) {
+        pixels[i] = malloc(xcap_pixel_count(m) * sizeof(float));
+        rc = xcap_preprocess(m, set->img[i].rgb, set->img[i].width, set->img[i].height, pixels[i], err, sizeof err);
+        CHECK(rc == 0, "preprocess %s: %s", stems[i], err);
+        pre.img[i].pixels = pixels[i];
+    }
+    snprintf(what, sizeof what, "%s beam 4 from preprocessed pixels", name);
+    check_batch(what, m, single, batched, &pre, N_STEMS, -1, &beam);
+    for (int i = 0; i < N_STEMS; i++) free(pixels[i]);
     /* One image through the batch call: exactly xcap_caption's message, no index. */
     xcap_result r;
     int status;
-    xcap_image bad = {NULL, 0, 0};
+    xcap_image bad = {NULL, 0, 0, NULL};
     rc = xcap_caption_batch(batched, &bad, 1, &greedy, &r, &status, err, sizeof err);
     CHECK(rc == XCAP_ERR_ARG && !strcmp(err, "invalid image (0x0)"), "single bad image: %d \"%s\"", rc, err);
     check_arguments(batched, set, &greedy);

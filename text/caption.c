@@ -300,10 +300,10 @@ static void caption_chunk(xcap_state *st, const xcap_image *imgs, int first, int
     for (int i = first; i < first + count; i++) {
         const xcap_image *im = &imgs[i];
         int rc;
-        if (!im->rgb || im->width <= 0 || im->height <= 0)
-            rc = xcap_fail(msg, sizeof msg, XCAP_ERR_ARG, "invalid image (%dx%d)", im->width, im->height);
+        if (im->pixels)
+            rc = (memcpy(st->pixels + B * image_len, im->pixels, image_len * sizeof(float)), XCAP_OK);
         else
-            rc = preprocess_image(im->rgb, im->width, im->height, &m->pre, st->pixels + B * image_len, msg, sizeof msg);
+            rc = xcap_preprocess(m, im->rgb, im->width, im->height, st->pixels + B * image_len, msg, sizeof msg);
         if (!rc && p->output_attentions) {
             results[i].encoder_attention = malloc((enc_maps ? enc_maps : 1) * sizeof(float));
             if (!results[i].encoder_attention)
@@ -350,9 +350,18 @@ int xcap_caption_batch(xcap_state *st, const xcap_image *imgs, int n, const xcap
     return first_rc;
 }
 
+size_t xcap_pixel_count(const xcap_model *m) { return (size_t)3 * m->cfg.image_size * m->cfg.image_size; }
+
+int xcap_preprocess(const xcap_model *m, const uint8_t *rgb, int width, int height, float *pixels, char *err,
+                    size_t errlen) {
+    if (!rgb || width <= 0 || height <= 0)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "invalid image (%dx%d)", width, height);
+    return preprocess_image(rgb, width, height, &m->pre, pixels, err, errlen);
+}
+
 int xcap_caption(xcap_state *st, const uint8_t *rgb, int width, int height, const xcap_params *p,
                  xcap_result *result, char *err, size_t errlen) {
-    xcap_image image = {.rgb = rgb, .width = width, .height = height};
+    xcap_image image = {.rgb = rgb, .width = width, .height = height, .pixels = NULL};
     int status;
     return xcap_caption_batch(st, &image, 1, p, result, &status, err, errlen);
 }
