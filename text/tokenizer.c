@@ -15,10 +15,15 @@
 
 #include "nn/common.h"
 #include "text/unicode_tables.h"
+#include "weights/config.h"
 
 /* Far above any real vocabulary (GPT-2: 50 257; the largest in use are about 260 000); bounds
  * what an id read from a file can make us allocate (about 80 MB of token entries). */
 #define MAX_TOKEN_ID ((1 << 22) - 1)
+
+/* Longest token text accepted (real vocabularies stay under a few hundred bytes). Bounds the
+ * work of matching added tokens in tokenizer_encode_special and what one entry can allocate. */
+#define MAX_TOKEN_BYTES 4096
 
 /* Room for a path (xcap_join_path's 4096) plus the item named in a message. */
 #define WHAT_LEN 4352
@@ -206,7 +211,7 @@ static int index_reserve(xcap_tokenizer *t, size_t more) {
 
 static int arena_push(xcap_tokenizer *t, const void *p, size_t n, uint32_t *off) {
     if (t->arena_len + n > UINT32_MAX) return XCAP_ERR_NOMEM;
-    if (t->arena_len + n > t->arena_cap) {
+    if (!t->arena || t->arena_len + n > t->arena_cap) { /* allocated even for an empty first token */
         size_t cap = t->arena_cap ? t->arena_cap : 1 << 16;
         while (cap < t->arena_len + n) cap *= 2;
         char *bigger = realloc(t->arena, cap);
@@ -227,6 +232,9 @@ static int add_token(xcap_tokenizer *t, const char *s, size_t n, long id, int fl
     if (id < 0 || id > MAX_TOKEN_ID)
         return xcap_fail(err, errlen, XCAP_ERR_FORMAT, "%s: token \"%.60s\" has id %ld, outside 0..%d",
                          what, s, id, MAX_TOKEN_ID);
+    if (n > MAX_TOKEN_BYTES)
+        return xcap_fail(err, errlen, XCAP_ERR_FORMAT, "%s: token with id %ld is %zu bytes long (at most %d)", what,
+                         id, n, MAX_TOKEN_BYTES);
     int32_t existing = find_token(t, s, n);
     if (id < t->n_ids && (t->tokens[id].flags & TOKEN_PRESENT)) {
         if (existing == id) {
@@ -371,7 +379,7 @@ static int add_merge(xcap_tokenizer *t, const char *a, size_t an, const char *b,
 static int parse_json(const char *path, cJSON **root, char *err, size_t errlen) {
     char *data;
     size_t size;
-    int rc = xcap_read_file(path, &data, &size, err, errlen);
+    int rc = config_read_file(path, TOKENIZER_MAX_FILE_BYTES, &data, &size, err, errlen);
     if (rc) return rc;
     const char *end = NULL;
     *root = cJSON_ParseWithLengthOpts(data, size, &end, 0);
@@ -450,7 +458,7 @@ static int load_vocab_json(xcap_tokenizer *t, const char *path, char *err, size_
 static int load_merges_txt(xcap_tokenizer *t, const char *path, char *err, size_t errlen) {
     char *data;
     size_t size;
-    int rc = xcap_read_file(path, &data, &size, err, errlen);
+    int rc = config_read_file(path, TOKENIZER_MAX_FILE_BYTES, &data, &size, err, errlen);
     if (rc) return rc;
     if (merges_reserve(t, 1024)) {
         free(data);

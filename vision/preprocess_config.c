@@ -2,6 +2,7 @@
  * of transformers' ViTImageProcessor (models/vit/image_processing_vit.py, get_size_dict in
  * image_processing_utils.py). */
 #include <cjson/cJSON.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +10,7 @@
 
 #include "nn/common.h"
 #include "vision/preprocess.h"
+#include "weights/config.h"
 
 /* Output sides above this are refused as nonsense rather than allocated. */
 #define CONFIG_MAX_SIDE 16384
@@ -135,11 +137,11 @@ static int parse_triple(const cJSON *root, const char *name, const char *key, in
                          name, key);
     }
     for (int c = 0; c < 3; c++) {
-        float f = (float)vals[c];
-        if (!isfinite(f) || (nonzero && f == 0.0f))
+        /* checked as a double first: converting a value beyond float's range is undefined */
+        if (!isfinite(vals[c]) || fabs(vals[c]) > FLT_MAX || (nonzero && (float)vals[c] == 0.0f))
             return xcap_fail(err, errlen, XCAP_ERR_FORMAT, "%s: key \"%s\": bad value %g%s", name,
-                             key, vals[c], nonzero ? " (must be finite and non-zero)" : "");
-        out[c] = f;
+                             key, vals[c], nonzero ? " (must be finite and non-zero)" : " (must be finite)");
+        out[c] = (float)vals[c];
     }
     return XCAP_OK;
 }
@@ -223,7 +225,7 @@ int preprocess_config_load(const char *model_dir, xcap_preprocess_config *cfg, c
     if (rc) return rc;
     char *text;
     size_t len;
-    if ((rc = xcap_read_file(path, &text, &len, err, errlen))) return rc;
+    if ((rc = config_read_file(path, CONFIG_MAX_FILE_BYTES, &text, &len, err, errlen))) return rc;
     rc = preprocess_config_parse(text, path, cfg, err, errlen);
     free(text);
     return rc;

@@ -1,6 +1,8 @@
 #include "weights/config.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +48,7 @@ static int get_float(const ctx *c, const cJSON *obj, const char *key, float def,
         return XCAP_OK;
     }
     if (!cJSON_IsNumber(j) || !isfinite(j->valuedouble)) return bad(c, key, "must be a number");
+    if (fabs(j->valuedouble) > FLT_MAX) return bad(c, key, "is too large for a float");
     *out = (float)j->valuedouble;
     return XCAP_OK;
 }
@@ -90,6 +93,8 @@ static int get_eos(const ctx *c, const cJSON *obj, xcap_config *cfg) {
             if (n == XCAP_MAX_EOS) return bad(c, "eos_token_id", "too many ids");
             ids[n++] = (int)it->valuedouble;
         }
+        /* (transformers would then never stop at an end token; xcap needs one to report) */
+        if (n == 0) return bad(c, "eos_token_id", "is an empty list (at least one id is needed)");
     } else {
         int rc = get_int(c, obj, "eos_token_id", 1, 0, 0, 1000000000, &ids[0]);
         if (rc) return rc;
@@ -149,42 +154,74 @@ static int parse_decoder(const ctx *c, const cJSON *d, xcap_config *cfg) {
     return XCAP_OK;
 }
 
-static int parse_json_file(const char *path, cJSON **out, char *err, size_t errlen) {
-    char *text;
-    size_t size;
-    int rc = xcap_read_file(path, &text, &size, err, errlen);
-    if (rc) return rc;
-    const char *end = NULL;
-    *out = cJSON_ParseWithLengthOpts(text, size, &end, 0);
-    if (!*out) {
-        size_t off = end ? (size_t)(end - text) : 0;
-        free(text);
-        return xcap_fail(err, errlen, XCAP_ERR_FORMAT, "%s: invalid JSON near byte %zu", path, off);
+int config_read_file(const char *path, size_t max_bytes, char **data, size_t *size, char *err, size_t errlen) {
+    *data = NULL;
+    *size = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return xcap_fail(err, errlen, XCAP_ERR_IO, "%s: %s", path, strerror(errno));
+    size_t cap = 1 << 12, len = 0;
+    char *buf = NULL;
+    int rc = XCAP_OK;
+    for (;;) {
+        char *bigger = realloc(buf, cap + 1);
+        if (!bigger) {
+            rc = xcap_fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory", path);
+            break;
+        }
+        buf = bigger;
+        len += fread(buf + len, 1, cap - len, f);
+        if (len < cap) break;
+        if (len > max_bytes) {
+            rc = xcap_fail(err, errlen, XCAP_ERR_FORMAT, "%s: file is larger than %zu bytes, the limit for this file",
+                           path, max_bytes);
+            break;
+        }
+        cap = cap * 2 > max_bytes + 1 ? max_bytes + 1 : cap * 2;
     }
-    free(text);
+    if (rc == XCAP_OK && ferror(f)) rc = xcap_fail(err, errlen, XCAP_ERR_IO, "%s: read error", path);
+    if (rc == XCAP_OK && len > max_bytes)
+        rc = xcap_fail(err, errlen, XCAP_ERR_FORMAT, "%s: file is larger than %zu bytes, the limit for this file", path,
+                       max_bytes);
+    fclose(f);
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    buf[len] = '\0';
+    *data = buf;
+    *size = len;
+    return XCAP_OK;
+}
+
+/* JSON text that must hold an object. */
+static int parse_json_text(const char *text, size_t len, const char *name, cJSON **out, char *err, size_t errlen) {
+    const char *end = NULL;
+    *out = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    if (!*out) {
+        size_t off = end && end >= text && end <= text + len ? (size_t)(end - text) : 0;
+        return xcap_fail(err, errlen, XCAP_ERR_FORMAT, "%s: invalid JSON near byte %zu", name, off);
+    }
     if (!cJSON_IsObject(*out)) {
         cJSON_Delete(*out);
         *out = NULL;
-        return xcap_fail(err, errlen, XCAP_ERR_FORMAT, "%s: top level is not a JSON object", path);
+        return xcap_fail(err, errlen, XCAP_ERR_FORMAT, "%s: top level is not a JSON object", name);
     }
     return XCAP_OK;
 }
 
-int config_load(const char *dir, xcap_config *cfg, char *err, size_t errlen) {
+int config_parse(const char *json, size_t len, const char *name, xcap_config *cfg, char *err, size_t errlen) {
     memset(cfg, 0, sizeof *cfg);
-    char path[4096];
-    int rc = xcap_join_path(path, sizeof path, dir, "config.json", err, errlen);
-    if (rc) return rc;
     cJSON *root;
-    if ((rc = parse_json_file(path, &root, err, errlen))) return rc;
-    ctx c = {path, "", err, errlen};
+    int rc = parse_json_text(json, len, name, &root, err, errlen);
+    if (rc) return rc;
+    ctx c = {name, "", err, errlen};
     static const char *const ved[] = {"vision-encoder-decoder", NULL};
     const cJSON *enc = cJSON_GetObjectItemCaseSensitive(root, "encoder");
     const cJSON *dec = cJSON_GetObjectItemCaseSensitive(root, "decoder");
     if ((rc = expect_string(&c, root, "model_type", "", ved))) goto done;
     if (!cJSON_IsObject(enc)) { rc = bad(&c, "encoder", "missing or not an object"); goto done; }
     if (!cJSON_IsObject(dec)) { rc = bad(&c, "decoder", "missing or not an object"); goto done; }
-    ctx ce = {path, "encoder.", err, errlen}, cd = {path, "decoder.", err, errlen};
+    ctx ce = {name, "encoder.", err, errlen}, cd = {name, "decoder.", err, errlen};
     if ((rc = parse_encoder(&ce, enc, cfg))) goto done;
     if ((rc = parse_decoder(&cd, dec, cfg))) goto done;
     if ((rc = get_bool(&c, root, "tie_word_embeddings", 1, &cfg->tie_word_embeddings))) goto done;
@@ -200,6 +237,19 @@ int config_load(const char *dir, xcap_config *cfg, char *err, size_t errlen) {
     if ((rc = get_int(&c, root, "pad_token_id", 0, dec_pad, -1, 1 << 24, &cfg->pad_token_id))) goto done;
 done:
     cJSON_Delete(root);
+    return rc;
+}
+
+int config_load(const char *dir, xcap_config *cfg, char *err, size_t errlen) {
+    memset(cfg, 0, sizeof *cfg);
+    char path[4096];
+    int rc = xcap_join_path(path, sizeof path, dir, "config.json", err, errlen);
+    if (rc) return rc;
+    char *text;
+    size_t size;
+    if ((rc = config_read_file(path, CONFIG_MAX_FILE_BYTES, &text, &size, err, errlen))) return rc;
+    rc = config_parse(text, size, path, cfg, err, errlen);
+    free(text);
     return rc;
 }
 
@@ -257,39 +307,50 @@ static int apply_generation_keys(const ctx *c, const cJSON *obj, xcap_config *cf
     return get_eos(c, obj, cfg);
 }
 
-int config_generation_params(const char *dir, xcap_config *cfg, xcap_params *params, char *err, size_t errlen) {
+int config_generation_parse(const char *json, size_t len, const char *name, int from_config_json, xcap_config *cfg,
+                            xcap_params *params, char *err, size_t errlen) {
     *params = xcap_default_params();
-    char path[4096];
-    int rc = xcap_join_path(path, sizeof path, dir, "generation_config.json", err, errlen);
-    if (rc) return rc;
     cJSON *root;
-    FILE *probe = fopen(path, "rb");
-    if (probe) {
+    int rc = parse_json_text(json, len, name, &root, err, errlen);
+    if (rc) return rc;
+    if (!from_config_json) {
         /* transformers' from_pretrained uses generation_config.json alone when it exists
          * (GenerationConfig.from_pretrained); config.json's keys are not merged in. Token ids
          * it lacks keep the values config_load resolved. */
-        fclose(probe);
-        if ((rc = parse_json_file(path, &root, err, errlen))) return rc;
-        ctx cg = {path, "", err, errlen};
+        ctx cg = {name, "", err, errlen};
         rc = apply_generation_keys(&cg, root, cfg, params);
-        cJSON_Delete(root);
     } else {
         /* No generation_config.json: GenerationConfig.from_model_config takes the legacy keys
          * of config.json, the decoder sub-config's where the top level leaves them unset. */
-        if ((rc = xcap_join_path(path, sizeof path, dir, "config.json", err, errlen))) return rc;
-        if ((rc = parse_json_file(path, &root, err, errlen))) return rc;
         xcap_config keep = *cfg; /* token ids were resolved by config_load */
         const cJSON *dec = cJSON_GetObjectItemCaseSensitive(root, "decoder");
-        ctx cd = {path, "decoder.", err, errlen}, ct = {path, "", err, errlen};
+        ctx cd = {name, "decoder.", err, errlen}, ct = {name, "", err, errlen};
         if (cJSON_IsObject(dec)) rc = apply_generation_keys(&cd, dec, cfg, params);
         *cfg = keep;
         if (!rc) rc = apply_generation_keys(&ct, root, cfg, params);
-        cJSON_Delete(root);
     }
+    cJSON_Delete(root);
     if (rc) return rc;
     /* transformers' _prepare_generated_length: when the caller passes no length and the
      * resolved max_length is the library default 20, it generates 20 new tokens. */
     if (params->max_new_tokens == 0 && params->max_length == xcap_default_params().max_length)
         params->max_new_tokens = params->max_length;
     return XCAP_OK;
+}
+
+int config_generation_params(const char *dir, xcap_config *cfg, xcap_params *params, char *err, size_t errlen) {
+    *params = xcap_default_params();
+    char path[4096];
+    int rc = xcap_join_path(path, sizeof path, dir, "generation_config.json", err, errlen);
+    if (rc) return rc;
+    FILE *probe = fopen(path, "rb");
+    int from_config_json = probe == NULL;
+    if (probe) fclose(probe);
+    if (from_config_json && (rc = xcap_join_path(path, sizeof path, dir, "config.json", err, errlen))) return rc;
+    char *text;
+    size_t size;
+    if ((rc = config_read_file(path, CONFIG_MAX_FILE_BYTES, &text, &size, err, errlen))) return rc;
+    rc = config_generation_parse(text, size, path, from_config_json, cfg, params, err, errlen);
+    free(text);
+    return rc;
 }

@@ -81,7 +81,7 @@ static int parse_entry(const st_file *f, const cJSON *item, st_tensor *t, const 
     size_t esize;
     if (dtype_from_string(jd->valuestring, &t->dtype, &esize) != 0)
         return xcap_fail(err, errlen, XCAP_ERR_UNSUPPORTED,
-                         "%s: tensor %s: dtype %.40s is not supported (F32, F16, BF16 are)", path, name,
+                         "%s: tensor %s: dtype %.40s is not supported (F32, F16, BF16, I8 are)", path, name,
                          jd->valuestring);
     int ndim = cJSON_GetArraySize(js);
     if (ndim > ST_MAX_DIMS)
