@@ -28,6 +28,12 @@ void caption_usage(FILE *out) {
             "                           when names repeat). An image whose maps cannot be written counts\n"
             "                           as failed. --layer, --head and --fusion choose what is drawn:\n");
     attention_print_help(out);
+    fprintf(out,
+            "Input:\n"
+            "      --max-pixels N       refuse images of more than N pixels (width x height), read from\n"
+            "                           the file's header before decoding (default: %lld, at most %lld;\n"
+            "                           a side above %d pixels is always refused)\n",
+            IMAGE_DEFAULT_MAX_PIXELS, IMAGE_MAX_PIXELS, IMAGE_MAX_SIDE);
     options_print_help(out);
     fprintf(out, "\nExit codes: 0 all captioned, 1 some input failed (the others are still captioned),\n"
                  "2 usage error, 3 the model could not be loaded.\n");
@@ -54,8 +60,10 @@ static uint8_t *read_stdin(size_t *size) {
     return buf;
 }
 
-int load_input_image(const char *file, uint8_t **rgb, int *width, int *height, char *err, size_t errlen) {
-    if (strcmp(file, "-") != 0) return image_load_file(file, rgb, width, height, err, errlen);
+/* A file, or standard input for "-", refused above max_pixels. */
+static int load_image_limit(const char *file, long long max_pixels, uint8_t **rgb, int *width, int *height,
+                            char *err, size_t errlen) {
+    if (strcmp(file, "-") != 0) return image_load_file_limit(file, max_pixels, rgb, width, height, err, errlen);
     size_t size = 0;
     uint8_t *data = read_stdin(&size);
     if (!data) {
@@ -63,9 +71,13 @@ int load_input_image(const char *file, uint8_t **rgb, int *width, int *height, c
         snprintf(err, errlen, "<stdin>: cannot read standard input");
         return XCAP_ERR_IO;
     }
-    int rc = image_load_memory(data, size, "<stdin>", rgb, width, height, err, errlen);
+    int rc = image_load_memory_limit(data, size, "<stdin>", max_pixels, rgb, width, height, err, errlen);
     free(data);
     return rc;
+}
+
+int load_input_image(const char *file, uint8_t **rgb, int *width, int *height, char *err, size_t errlen) {
+    return load_image_limit(file, IMAGE_DEFAULT_MAX_PIXELS, rgb, width, height, err, errlen);
 }
 
 /* DIR/NAME for one of several images: the file name without folders and extension, made
@@ -137,6 +149,7 @@ int cmd_caption(int argc, char **argv) {
     const char **files = calloc(argc > 0 ? argc : 1, sizeof *files);
     int n_files = 0, only_files = 0, choice_given = 0;
     const char *attention_dir = NULL;
+    long long max_pixels = IMAGE_DEFAULT_MAX_PIXELS;
     attn_choice choice;
     attn_choice_default(&choice);
     for (int i = 1; i < argc; i++) {
@@ -166,7 +179,13 @@ int cmd_caption(int argc, char **argv) {
             }
             continue;
         }
-        int r = attention_parse_option(&choice, argc, argv, &i);
+        int r = options_parse_max_pixels(argc, argv, &i, &max_pixels);
+        if (r < 0) {
+            free(files);
+            return EXIT_USAGE;
+        }
+        if (r > 0) continue;
+        r = attention_parse_option(&choice, argc, argv, &i);
         choice_given |= r > 0;
         if (r == 0) r = options_parse_one(&opt, argc, argv, &i);
         if (r == 0) fprintf(stderr, "xcap caption: unknown option '%s' (see xcap caption --help)\n", a);
@@ -239,7 +258,7 @@ int cmd_caption(int argc, char **argv) {
         const char *shown = strcmp(file, "-") ? file : "<stdin>";
         uint8_t *rgb = NULL;
         int w = 0, h = 0;
-        int rc = load_input_image(file, &rgb, &w, &h, err, sizeof err);
+        int rc = load_image_limit(file, max_pixels, &rgb, &w, &h, err, sizeof err);
         if (rc != 0) {
             report_error(shown, err, opt.json);
             failures++;

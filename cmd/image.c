@@ -89,15 +89,16 @@ static const char *unsupported_format(const uint8_t *d, size_t n) {
 }
 
 static int check_dimensions(const char *name, image_format fmt, long long w, long long h,
-                            char *err, size_t errlen) {
+                            long long max_pixels, char *err, size_t errlen) {
     if (w < 1 || h < 1)
         return xcap_fail(err, errlen, XCAP_ERR_FORMAT, "%s: %s header gives an empty size %lldx%lld",
                     name, format_name(fmt), w, h);
-    if (w > IMAGE_MAX_SIDE || h > IMAGE_MAX_SIDE || w * h > (long long)IMAGE_MAX_PIXELS)
+    /* (w and h are below 2^32, so the product is only formed once both are small) */
+    if (w > IMAGE_MAX_SIDE || h > IMAGE_MAX_SIDE || w * h > max_pixels)
         return xcap_fail(err, errlen, XCAP_ERR_UNSUPPORTED,
                     "%s: %s image is %lldx%lld, larger than xcap accepts (%d pixels per side, "
-                    "%u pixels in all)",
-                    name, format_name(fmt), w, h, IMAGE_MAX_SIDE, IMAGE_MAX_PIXELS);
+                    "%lld pixels in all)",
+                    name, format_name(fmt), w, h, IMAGE_MAX_SIDE, max_pixels);
     return XCAP_OK;
 }
 
@@ -448,6 +449,160 @@ static int apply_orientation(uint8_t **rgb, int *w, int *h, int orientation) {
     return XCAP_OK;
 }
 
+/* ---- work limits for compressed data ---- */
+
+/* Bytes of filtered scanlines in a PNG's pixel data: each row is a filter byte and the packed
+ * samples; an Adam7 image has the rows of its seven passes. 0 for a colour type or depth that
+ * PNG does not define (stb refuses those itself). */
+static unsigned long long png_raw_bytes(unsigned long long w, unsigned long long h, int depth,
+                                        int colour, int interlaced) {
+    static const int channels_of[7] = {1, 0, 3, 1, 2, 0, 4};
+    if (colour > 6 || !channels_of[colour] || depth < 1 || depth > 16) return 0;
+    unsigned long long bits = (unsigned long long)channels_of[colour] * depth;
+    if (!interlaced) return h * ((w * bits + 7) / 8 + 1);
+    static const unsigned x0[7] = {0, 4, 0, 2, 0, 1, 0}, y0[7] = {0, 0, 4, 0, 2, 0, 1};
+    static const unsigned dx[7] = {8, 8, 4, 4, 2, 2, 1}, dy[7] = {8, 8, 8, 4, 4, 2, 2};
+    unsigned long long total = 0;
+    for (int p = 0; p < 7; p++) {
+        unsigned long long pw = w > x0[p] ? (w - x0[p] + dx[p] - 1) / dx[p] : 0;
+        unsigned long long ph = h > y0[p] ? (h - y0[p] + dy[p] - 1) / dy[p] : 0;
+        if (pw && ph) total += ph * ((pw * bits + 7) / 8 + 1);
+    }
+    return total;
+}
+
+/* CRC-32 of the PNG specification (zlib's), four bits at a time from a constant table. */
+static uint32_t png_crc(const uint8_t *p, size_t n) {
+    static const uint32_t nibble[16] = {
+        0x00000000, 0x1DB71064, 0x3B6E20C8, 0x26D930AC, 0x76DC4190, 0x6B6B51F4, 0x4DB26158, 0x5005713C,
+        0xEDB88320, 0xF00F9344, 0xD6D6A3E8, 0xCB61B38C, 0x9B64C2B0, 0x86D3D2D4, 0xA00AE278, 0xBDBDF21C};
+    uint32_t crc = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++) {
+        crc ^= p[i];
+        crc = (crc >> 4) ^ nibble[crc & 15];
+        crc = (crc >> 4) ^ nibble[crc & 15];
+    }
+    return ~crc;
+}
+
+/* Pillow verifies the CRC of every chunk before the first IDAT and refuses the file when one is
+ * wrong ("broken PNG file"); later chunks' CRCs it does not check, and stb checks none. Chunks
+ * cut short by the end of the file are left to the truncation logic. */
+static int check_png_crcs(const uint8_t *d, size_t n, const char *name, char *err, size_t errlen) {
+    for (size_t pos = 8; pos + 8 <= n;) {
+        size_t len = be32(d + pos);
+        if (memcmp(d + pos + 4, "IDAT", 4) == 0 || len + 4 > n - pos - 8) break;
+        if (png_crc(d + pos + 4, 4 + len) != be32(d + pos + 8 + len)) {
+            char type[5];
+            for (int i = 0; i < 4; i++) type[i] = d[pos + 4 + i] >= 32 && d[pos + 4 + i] < 127 ? (char)d[pos + 4 + i] : '?';
+            type[4] = '\0';
+            return xcap_fail(err, errlen, XCAP_ERR_FORMAT,
+                        "%s: PNG chunk %s at byte %zu has a bad CRC (corrupt file)", name, type, pos);
+        }
+        pos += 12 + len;
+    }
+    return XCAP_OK;
+}
+
+/* stb inflates PNG pixel data into a buffer that keeps growing while the zlib stream goes on
+ * (up to 4 GB), whatever size the header gives: a few kB of zlib data can expand to gigabytes.
+ * Deflate expands data at most 1032 times, so only a stream that could outgrow the room the
+ * image needs (its rows, plus some slack for the trailing zeros some writers leave) is inflated
+ * here first, into a buffer of exactly that room, and refused when it does not fit. Called once
+ * the header's size has passed check_dimensions. */
+static int check_png_inflate(const uint8_t *d, size_t n, const char *name, char *err,
+                             size_t errlen) {
+    if (n < 33) return XCAP_OK; /* no complete IHDR: stb reports it */
+    unsigned long long need = png_raw_bytes(be32(d + 16), be32(d + 20), d[24], d[25], d[28]);
+    if (need == 0) return XCAP_OK;
+    unsigned long long room = need + need / 8 + 65536;
+    if (room > INT_MAX) room = INT_MAX;
+    size_t idat = 0; /* compressed bytes, counting what is there of a cut chunk */
+    int raw_deflate = 0; /* Apple's CgBI PNGs store deflate data without the zlib header */
+    for (size_t pos = 8; pos + 8 <= n;) {
+        size_t len = be32(d + pos), avail = n - pos - 8;
+        if (memcmp(d + pos + 4, "IDAT", 4) == 0) idat += len < avail ? len : avail;
+        if (memcmp(d + pos + 4, "CgBI", 4) == 0) raw_deflate = 1;
+        if (memcmp(d + pos + 4, "IEND", 4) == 0 || len + 4 > avail) break;
+        pos += 12 + len;
+    }
+    if ((unsigned long long)idat * 1032 + 1024 <= room) return XCAP_OK;
+    char *stream = malloc(idat ? idat : 1), *rows = malloc((size_t)room);
+    if (!stream || !rows) {
+        free(stream);
+        free(rows);
+        return xcap_fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory", name);
+    }
+    size_t at = 0;
+    for (size_t pos = 8; pos + 8 <= n;) {
+        size_t len = be32(d + pos), avail = n - pos - 8, take = len < avail ? len : avail;
+        if (memcmp(d + pos + 4, "IDAT", 4) == 0) {
+            memcpy(stream + at, d + pos + 8, take);
+            at += take;
+        }
+        if (memcmp(d + pos + 4, "IEND", 4) == 0 || len + 4 > avail) break;
+        pos += 12 + len;
+    }
+    int got = raw_deflate ? stbi_zlib_decode_noheader_buffer(rows, (int)room, stream, (int)idat)
+                          : stbi_zlib_decode_buffer(rows, (int)room, stream, (int)idat);
+    free(stream);
+    free(rows);
+    if (got < 0 && strcmp(stb_reason(), "output buffer limit") == 0)
+        return xcap_fail(err, errlen, XCAP_ERR_FORMAT,
+                    "%s: PNG pixel data inflates to more than %llu bytes where the %ux%u image "
+                    "needs %llu (a decompression bomb?)",
+                    name, room, be32(d + 16), be32(d + 20), need);
+    return XCAP_OK; /* other zlib errors: the decoder reports them in context */
+}
+
+/* Checks a JPEG's marker segments before stb reads any of them (stbi_info included), walking
+ * them as stb does: segments by their length, entropy-coded data up to the next marker (0xFF
+ * followed by anything but a stuffed 0x00 or a restart marker).
+ * - stb 2.27 (Debian 12) builds a Huffman table from its 16 code counts without checking that
+ *   they add up to at most 256, and then writes past the table's arrays: such a table is
+ *   refused. Like stb, every table that starts inside the segment is read whole.
+ * - Each progressive scan makes stb pass over every block of the image again, and a scan can be
+ *   a few bytes long: more than JPEG_MAX_SCANS scans are refused. */
+static int check_jpeg(const uint8_t *d, size_t n, const char *name, char *err, size_t errlen) {
+    size_t scans = 0;
+    for (size_t pos = 2; pos + 1 < n;) {
+        if (d[pos] != 0xFF) { /* entropy-coded data, or padding stb skips too */
+            pos++;
+            continue;
+        }
+        uint8_t m = d[pos + 1];
+        if (m == 0xFF) { /* fill byte */
+            pos++;
+            continue;
+        }
+        if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD7)) { /* no length field */
+            pos += 2;
+            continue;
+        }
+        if (m == 0xD9 || pos + 4 > n) break; /* end of image */
+        long left = (long)be16(d + pos + 2) - 2;
+        if (m == 0xC4) { /* DHT: tables of class/id, 16 counts, then the symbols */
+            for (size_t at = pos + 4; left > 0;) {
+                unsigned codes = 0;
+                for (size_t i = at + 1; i <= at + 16 && i < n; i++) codes += d[i];
+                if (codes > 256)
+                    return xcap_fail(err, errlen, XCAP_ERR_FORMAT,
+                                "%s: JPEG Huffman table at byte %zu defines %u codes (at most 256): "
+                                "corrupt file", name, at, codes);
+                at += 17 + codes;
+                left -= 17 + (long)codes;
+            }
+        }
+        scans += m == 0xDA;
+        pos += 2 + be16(d + pos + 2);
+    }
+    if (scans > JPEG_MAX_SCANS)
+        return xcap_fail(err, errlen, XCAP_ERR_FORMAT,
+                    "%s: JPEG file has %zu scans, more than the %d xcap reads (real files have about "
+                    "10)", name, scans, JPEG_MAX_SCANS);
+    return XCAP_OK;
+}
+
 /* ---- decoders ---- */
 
 /* Copies stb's RGB result into a buffer the caller frees with free(). */
@@ -530,7 +685,10 @@ static int load_png(const uint8_t *d, size_t n, const char *name, uint8_t **rgb,
                     char *err, size_t errlen) {
     /* IHDR is the first chunk (stbi_info already checked): depth at 24, colour type at 25. */
     int grey16 = n > 25 && d[24] == 16 && d[25] == 0;
-    int rc = decode_png_once(d, n, grey16, rgb, w, h, name, err, errlen);
+    int rc = check_png_crcs(d, n, name, err, errlen);
+    if (rc == XCAP_OK) rc = check_png_inflate(d, n, name, err, errlen);
+    if (rc) return rc;
+    rc = decode_png_once(d, n, grey16, rgb, w, h, name, err, errlen);
     if (rc != XCAP_ERR_FORMAT) return rc;
     const char *first_reason = stb_reason();
     size_t fixed_n;
@@ -621,8 +779,8 @@ static int pnm_token(const uint8_t *d, size_t n, size_t *pos, long long *value) 
     return 1;
 }
 
-static int load_pnm(const uint8_t *d, size_t n, const char *name, uint8_t **rgb, int *w, int *h,
-                    char *err, size_t errlen) {
+static int load_pnm(const uint8_t *d, size_t n, const char *name, long long max_pixels,
+                    uint8_t **rgb, int *w, int *h, char *err, size_t errlen) {
     int channels = d[1] == '6' ? 3 : 1;
     size_t pos = 2;
     long long width, height, maxval;
@@ -635,7 +793,7 @@ static int load_pnm(const uint8_t *d, size_t n, const char *name, uint8_t **rgb,
     if (maxval < 1 || maxval > 65535)
         return xcap_fail(err, errlen, XCAP_ERR_FORMAT, "%s: PNM maxval %lld is outside 1..65535",
                     name, maxval);
-    int rc = check_dimensions(name, IMG_PNM, width, height, err, errlen);
+    int rc = check_dimensions(name, IMG_PNM, width, height, max_pixels, err, errlen);
     if (rc) return rc;
     int sample_bytes = maxval > 255 ? 2 : 1;
     size_t count = (size_t)width * height;
@@ -666,12 +824,16 @@ static int load_pnm(const uint8_t *d, size_t n, const char *name, uint8_t **rgb,
     return XCAP_OK;
 }
 
-int image_load_memory(const uint8_t *data, size_t size, const char *name, uint8_t **rgb,
-                      int *width, int *height, char *err, size_t errlen) {
+int image_load_memory_limit(const uint8_t *data, size_t size, const char *name,
+                            long long max_pixels, uint8_t **rgb, int *width, int *height,
+                            char *err, size_t errlen) {
     *rgb = NULL;
     *width = *height = 0;
     if (!name) name = "(memory)";
     if (!data && size) return xcap_fail(err, errlen, XCAP_ERR_ARG, "%s: NULL data", name);
+    if (max_pixels < 1 || max_pixels > IMAGE_MAX_PIXELS)
+        return xcap_fail(err, errlen, XCAP_ERR_ARG, "%s: pixel limit %lld is outside 1..%lld", name,
+                    max_pixels, IMAGE_MAX_PIXELS);
     if (size == 0) return xcap_fail(err, errlen, XCAP_ERR_FORMAT, "%s: empty file (0 bytes)", name);
     if (size > IMAGE_MAX_FILE_BYTES)
         return xcap_fail(err, errlen, XCAP_ERR_UNSUPPORTED, "%s: file too large (%zu bytes)", name,
@@ -685,12 +847,18 @@ int image_load_memory(const uint8_t *data, size_t size, const char *name, uint8_
     int w, h, w_info, h_info, comp, rc;
     size_t psd_image_data = 0;
     if (fmt == IMG_PNM) {
-        rc = load_pnm(data, size, name, rgb, &w, &h, err, errlen);
+        rc = load_pnm(data, size, name, max_pixels, rgb, &w, &h, err, errlen);
     } else {
         long long hw, hh;
+        /* Bytes before the size is known: PNG signature + IHDR chunk, GIF screen descriptor,
+         * BMP file header + the smallest info header, PSD header. */
+        static const size_t header_need[] = {[IMG_PNG] = 33, [IMG_GIF] = 13, [IMG_BMP] = 26, [IMG_PSD] = 26};
+        if (fmt < sizeof header_need / sizeof *header_need && size < header_need[fmt])
+            return truncated(name, fmt, size, header_need[fmt], err, errlen);
         if (header_dimensions(fmt, data, size, &hw, &hh) &&
-            (rc = check_dimensions(name, fmt, hw, hh, err, errlen)))
+            (rc = check_dimensions(name, fmt, hw, hh, max_pixels, err, errlen)))
             return rc;
+        if (fmt == IMG_JPEG && (rc = check_jpeg(data, size, name, err, errlen))) return rc;
         if (!stbi_info_from_memory(data, (int)size, &w_info, &h_info, &comp)) {
             if (fmt == IMG_TGA)
                 return xcap_fail(err, errlen, XCAP_ERR_FORMAT,
@@ -701,7 +869,7 @@ int image_load_memory(const uint8_t *data, size_t size, const char *name, uint8_
                         format_name(fmt), stb_reason());
         }
         /* Refuse oversized images from the header alone, before stb allocates anything. */
-        if ((rc = check_dimensions(name, fmt, w_info, h_info, err, errlen))) return rc;
+        if ((rc = check_dimensions(name, fmt, w_info, h_info, max_pixels, err, errlen))) return rc;
         switch (fmt) {
         case IMG_BMP: rc = check_bmp(data, size, name, err, errlen); break;
         case IMG_TGA: rc = check_tga(data, size, name, err, errlen); break;
@@ -754,8 +922,19 @@ int image_load_memory(const uint8_t *data, size_t size, const char *name, uint8_
     return XCAP_OK;
 }
 
+int image_load_memory(const uint8_t *data, size_t size, const char *name, uint8_t **rgb,
+                      int *width, int *height, char *err, size_t errlen) {
+    return image_load_memory_limit(data, size, name, IMAGE_DEFAULT_MAX_PIXELS, rgb, width, height,
+                                   err, errlen);
+}
+
 int image_load_file(const char *path, uint8_t **rgb, int *width, int *height, char *err,
                     size_t errlen) {
+    return image_load_file_limit(path, IMAGE_DEFAULT_MAX_PIXELS, rgb, width, height, err, errlen);
+}
+
+int image_load_file_limit(const char *path, long long max_pixels, uint8_t **rgb, int *width,
+                          int *height, char *err, size_t errlen) {
     *rgb = NULL;
     *width = *height = 0;
     FILE *f = fopen(path, "rb");
@@ -779,7 +958,7 @@ int image_load_file(const char *path, uint8_t **rgb, int *width, int *height, ch
     if (!rc && !buf) rc = xcap_fail(err, errlen, XCAP_ERR_NOMEM, "%s: out of memory reading the file", path);
     if (!rc && ferror(f)) rc = xcap_fail(err, errlen, XCAP_ERR_IO, "%s: read error: %s", path, strerror(errno));
     fclose(f);
-    if (!rc) rc = image_load_memory(buf, len, path, rgb, width, height, err, errlen);
+    if (!rc) rc = image_load_memory_limit(buf, len, path, max_pixels, rgb, width, height, err, errlen);
     free(buf);
     return rc;
 }

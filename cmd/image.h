@@ -13,8 +13,12 @@
  * Pillow accepts them (a PNG whose pixel data is complete but whose trailing chunks are
  * missing; a TGA without its footer).
  *
- * Images larger than IMAGE_MAX_SIDE per side or IMAGE_MAX_PIXELS in all are refused from
- * their header, before any pixel memory is allocated. */
+ * Images larger than IMAGE_MAX_SIDE per side or than the caller's max_pixels in all
+ * (IMAGE_DEFAULT_MAX_PIXELS unless set) are refused from their header, before any pixel memory
+ * is allocated. So are files whose compressed data would make the decoder work or allocate far
+ * beyond what their header's size needs: PNG pixel data that inflates past the image's size
+ * (a "zlib bomb"), progressive JPEGs with more than JPEG_MAX_SCANS scans; and JPEG Huffman
+ * tables that Debian's stb 2.27 would overflow. */
 #ifndef XCAP_CMD_IMAGE_H
 #define XCAP_CMD_IMAGE_H
 
@@ -22,7 +26,18 @@
 #include <stdint.h>
 
 #define IMAGE_MAX_SIDE 16384
-#define IMAGE_MAX_PIXELS (1u << 28)
+
+/* The default limit on width x height: 100 megapixels (10000 x 10000), a little above Pillow's
+ * decompression-bomb warning (89.5 MP) and below its refusal (179 MP). Decoding an image that
+ * large takes 3 bytes a pixel for the result plus stb's buffers (up to about 16 bytes a pixel
+ * for 16-bit RGBA PNG), so about 2 GB at worst. */
+#define IMAGE_DEFAULT_MAX_PIXELS 100000000LL
+/* The largest max_pixels a caller may set: stb's int sizes stay in range below it. */
+#define IMAGE_MAX_PIXELS (1LL << 28)
+
+/* Each progressive JPEG scan makes the decoder pass over every block of the image again, and a
+ * scan can be a few bytes long. Real files have about 10 scans. */
+#define JPEG_MAX_SCANS 500
 
 /* Decodes a file. On success *rgb holds width * height * 3 bytes (row-major, interleaved),
  * to be released with free(). On failure *rgb is NULL and err names the file and the problem;
@@ -34,5 +49,13 @@ int image_load_file(const char *path, uint8_t **rgb, int *width, int *height, ch
 /* The same from bytes in memory; `name` stands for the file in error messages. */
 int image_load_memory(const uint8_t *data, size_t size, const char *name, uint8_t **rgb,
                       int *width, int *height, char *err, size_t errlen);
+
+/* Both with a limit on width x height other than IMAGE_DEFAULT_MAX_PIXELS: max_pixels in
+ * 1..IMAGE_MAX_PIXELS (other values are an XCAP_ERR_ARG error). */
+int image_load_file_limit(const char *path, long long max_pixels, uint8_t **rgb, int *width,
+                          int *height, char *err, size_t errlen);
+int image_load_memory_limit(const uint8_t *data, size_t size, const char *name,
+                            long long max_pixels, uint8_t **rgb, int *width, int *height,
+                            char *err, size_t errlen);
 
 #endif

@@ -1,5 +1,7 @@
 #include "cmd/options.h"
 
+#include "cmd/image.h"
+
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -131,6 +133,21 @@ int options_parse_one(cli_options *o, int argc, char **argv, int *i) {
     }
 #undef OPTION
     return (m < 0 || rc < 0) ? -1 : 1;
+}
+
+int options_parse_max_pixels(int argc, char **argv, int *i, long long *max_pixels) {
+    const char *v;
+    int m = options_take_value(argc, argv, i, "--max-pixels", NULL, &v);
+    if (m <= 0) return m;
+    char *end;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    if (errno || end == v || *end || n < 1 || n > IMAGE_MAX_PIXELS) {
+        fprintf(stderr, "xcap: --max-pixels: expected an integer in [1, %lld], got '%s'\n", IMAGE_MAX_PIXELS, v);
+        return -1;
+    }
+    *max_pixels = n;
+    return 1;
 }
 
 void options_print_help(FILE *out) {

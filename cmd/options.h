@@ -39,6 +39,10 @@ int options_parse_one(cli_options *o, int argc, char **argv, int *i);
  * (message printed). */
 int options_take_value(int argc, char **argv, int *i, const char *lng, const char *shrt, const char **value);
 
+/* --max-pixels N, the limit on an input image's width x height (cmd/image.h): 1 taken (value
+ * stored), 0 another option, -1 a bad or missing value (message printed). */
+int options_parse_max_pixels(int argc, char **argv, int *i, long long *max_pixels);
+
 /* Prints the option list with defaults taken from xcap_default_params(). */
 void options_print_help(FILE *out);
 
