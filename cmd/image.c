@@ -73,6 +73,14 @@ static image_format sniff(const uint8_t *d, size_t n) {
     return IMG_TGA; /* TGA has no signature: stb's header check decides */
 }
 
+/* stb takes a run of 0xFF bytes followed by 0xD8 for the start of a JPEG (it skips fill bytes
+ * before the first marker, and reads no further to decide); Pillow wants FF D8 FF. */
+static int stb_sees_jpeg(const uint8_t *d, size_t n) {
+    size_t i = 0;
+    while (i < n && d[i] == 0xFF) i++;
+    return i > 0 && i < n && d[i] == 0xD8;
+}
+
 /* Formats recognisable from their first bytes that xcap does not read (some of which stb
  * would otherwise misread or Pillow would not read either). */
 static const char *unsupported_format(const uint8_t *d, size_t n) {
@@ -844,6 +852,11 @@ int image_load_memory_limit(const uint8_t *data, size_t size, const char *name,
                     "%s: %s images are not supported (xcap reads " SUPPORTED_FORMATS ")", name,
                     other);
     image_format fmt = sniff(data, size);
+    /* A file stb would decode as a JPEG without passing the JPEG checks below: refused, as
+     * Pillow refuses it. */
+    if (fmt != IMG_JPEG && stb_sees_jpeg(data, size))
+        return xcap_fail(err, errlen, XCAP_ERR_FORMAT,
+                    "%s: not an image in a supported format (" SUPPORTED_FORMATS ")", name);
     int w, h, w_info, h_info, comp, rc;
     size_t psd_image_data = 0;
     if (fmt == IMG_PNM) {

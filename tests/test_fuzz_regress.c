@@ -100,6 +100,10 @@ static void test_found_inputs(void) {
     /* stb 2.27 wrote past its Huffman tables (UBSan: index 257 out of bounds for size[257]) */
     expect_image_error("jpeg_dht_over_256_codes.jpg",
                        "JPEG Huffman table at byte 938 defines 906 codes (at most 256): corrupt file");
+    /* the same overflow behind fill bytes: stb skips them to find the JPEG start, xcap's
+     * signature check did not, so the Huffman check never ran */
+    expect_image_error("jpeg_after_fill_bytes_dht_overflow.jpg",
+                       "not an image in a supported format (PNG, JPEG, GIF, BMP, TGA, PSD, PNM)");
     /* stb 2.27's bit reader shifted by 34 bits once the data ran dry: now refused (as Pillow does) */
     expect_image_error("jpeg_bits_run_dry_shift.jpg", "JPEG data is truncated or corrupt (stb_image: unknown marker)");
     /* an empty first IDAT made stb add 0 to a NULL pointer; the file's IHDR CRC is wrong anyway */

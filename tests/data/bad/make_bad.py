@@ -121,6 +121,7 @@ def build():
     files["html_named.jpg"] = b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>\n" \
         b"<body><h1>Not Found</h1></body></html>\n"
     files["text_named.png"] = b"hello, world\n"
+    files["jpeg_leading_fill_bytes.jpg"] = b"\xff\xff" + jpeg  # stb skips them, Pillow does not
 
     files["one_pixel_1x1.png"] = encode(Image.new("RGB", (1, 1), (10, 200, 30)), "PNG")
     files["line_1x10000.png"] = encode(picture(1, 10000), "PNG")
