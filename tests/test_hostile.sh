@@ -3,8 +3,9 @@
 # file exits with the expected code and either exactly the expected one-line error or the
 # caption that Pillow's pixels of the same file get (tests/data/bad/expected.tsv). Never a crash
 # or a hang (each run has a time limit), and never a caption for a file Pillow refuses.
-# Also: a batch of all of them goes on past the bad ones, --max-pixels, standard input, and a
-# model whose safetensors header claims 1 TB. Usage: test_hostile.sh PATH/TO/xcap
+# Also: a batch of all of them goes on past the bad ones, --max-pixels, standard input, and
+# hostile model directories (a safetensors header claiming 1 TB, JSON files linked to /dev/zero,
+# nested too deep, numbers beyond float). Usage: test_hostile.sh PATH/TO/xcap
 set -u
 XCAP=$1
 MODEL=tests/fixtures/models/tiny
@@ -123,6 +124,22 @@ mkdir "$TMP/m" && cp "$MODEL"/*.json "$MODEL"/merges.txt "$TMP/m/"
 printf '\x00\x10\xa5\xd4\xe8\x00\x00\x00{}' >"$TMP/m/model.safetensors"
 run 3 caption -m "$TMP/m" "$DIR/one_pixel_1x1.png" &&
     expect_err_line "xcap: cannot load model $TMP/m: $TMP/m/model.safetensors: header length 1000000000000 bytes is above the 100 MB limit (corrupt or not a safetensors file)"
+
+# Model-directory files are read with a size cap counted while reading (so a link to /dev/zero
+# ends quickly), JSON nesting is bounded, and numbers too large for a float are refused.
+bad_model() { # FILE CONTENT-COMMAND MESSAGE: the tiny model with FILE replaced is refused
+    rm -rf "$TMP/m" && mkdir "$TMP/m" && cp "$MODEL"/* "$TMP/m/" && rm -f "$TMP/m/$1"
+    eval "$2" >/dev/null
+    run 3 caption -m "$TMP/m" "$DIR/one_pixel_1x1.png" && expect_err_line "xcap: cannot load model $TMP/m: $TMP/m/$1: $3"
+}
+bad_model config.json 'ln -s /dev/zero "$TMP/m/config.json"' "file is larger than 4194304 bytes, the limit for this file"
+bad_model vocab.json 'ln -s /dev/zero "$TMP/m/vocab.json"' "file is larger than 67108864 bytes, the limit for this file"
+bad_model generation_config.json "{ printf '%01001d' 0 | tr 0 '['; printf '%01001d' 0 | tr 0 ']'; } >\"\$TMP/m/generation_config.json\"" \
+    "invalid JSON near byte 1000"
+bad_model config.json "sed 's/\"layer_norm_eps\": [^,]*/\"layer_norm_eps\": 1e300/' $MODEL/config.json >\"\$TMP/m/config.json\"" \
+    "encoder.layer_norm_eps: is too large for a float"
+bad_model preprocessor_config.json "sed 's/0.5,/1e39,/' $MODEL/preprocessor_config.json >\"\$TMP/m/preprocessor_config.json\"" \
+    'key "image_mean": bad value 1e+39 (must be finite)'
 
 echo "test_hostile: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
