@@ -89,26 +89,25 @@ static int alloc_packed(nn_linear *w, nn_weight_type type, int K, int N) {
     return 0;
 }
 
-/* Where W[k][n] lives in the packed buffer (in elements). */
-static size_t packed_index(int K, int k, int n) {
-    return ((size_t)(n / NN_PANEL) * K + k) * NN_PANEL + n % NN_PANEL;
-}
-
-/* Copies one part's columns n0 .. n0+n-1 into the panels. Element-typed loops (not a memcpy per
- * element): packing runs once per load, but over every weight of the model. */
+/* Copies one part's columns n0 .. n0+n-1 into the panels, panel by panel (threads never share
+ * a panel), each panel filled in its own order: k outer, its columns inner, so the writes are
+ * sequential. Element-typed loops, not a memcpy per element: packing runs once per load, but
+ * over every weight of the model. */
 #define PACK_PART(elem_t)                                                                              \
     do {                                                                                               \
         const elem_t *src = p->weight;                                                                 \
         elem_t *dst = w->panels;                                                                       \
+        const int first = n0 / NN_PANEL, last = (n0 + p->n - 1) / NN_PANEL;                            \
         _Pragma("omp parallel for schedule(static)")                                                   \
-        for (int n = 0; n < p->n; n++) {                                                               \
-            elem_t *col = dst + packed_index(K, 0, n0 + n);                                            \
-            if (stored_nk) {                                                                           \
-                const elem_t *row = src + (size_t)n * K;                                               \
-                for (int k = 0; k < K; k++) col[(size_t)k * NN_PANEL] = row[k];                        \
-            } else {                                                                                   \
-                for (int k = 0; k < K; k++) col[(size_t)k * NN_PANEL] = src[(size_t)k * p->n + n];     \
-            }                                                                                          \
+        for (int panel = first; panel <= last; panel++) {                                              \
+            int j0 = panel * NN_PANEL < n0 ? n0 - panel * NN_PANEL : 0;                                \
+            int j1 = (panel + 1) * NN_PANEL > n0 + p->n ? n0 + p->n - panel * NN_PANEL : NN_PANEL;     \
+            elem_t *out = dst + (size_t)panel * K * NN_PANEL;                                          \
+            for (int k = 0; k < K; k++)                                                                \
+                for (int j = j0; j < j1; j++) {                                                        \
+                    size_t n = (size_t)(panel * NN_PANEL + j - n0);                                    \
+                    out[(size_t)k * NN_PANEL + j] = stored_nk ? src[n * K + k] : src[(size_t)k * p->n + n]; \
+                }                                                                                      \
         }                                                                                              \
     } while (0)
 
