@@ -236,7 +236,9 @@ def markdown(label, info, per_threads):
     versions = ", ".join(f"{ENGINE_NAMES[n]} {v}" for n in OTHERS if n in engines
                          for v in [next((d["engines"][n]["version"] for d in per_threads.values()
                                          if d["engines"][n]["version"]), None)] if v)
-    lines += ["", f"sgemm: {blas or '-'}; {versions}"]
+    lines += ["", f"sgemm: {blas or '-'}; {versions}. ONNX Runtime starts from the reference's pixel values, so "
+              "its captions and batch leave out preprocessing (and file decoding), and it has no beam search here; "
+              "xcap and PyTorch captions include preprocessing, their batch runs file decoding too."]
     return "\n".join(lines) + "\n"
 
 
