@@ -563,16 +563,26 @@ static int check_png_inflate(const uint8_t *d, size_t n, const char *name, char 
     return XCAP_OK; /* other zlib errors: the decoder reports them in context */
 }
 
+/* A byte of the file, or 0 past its end (what stb reads there). */
+static unsigned byte_at(const uint8_t *d, size_t n, size_t i) { return i < n ? d[i] : 0; }
+
 /* Checks a JPEG's marker segments before stb reads any of them (stbi_info included), walking
  * them as stb does: segments by their length, entropy-coded data up to the next marker (0xFF
- * followed by anything but a stuffed 0x00 or a restart marker).
- * - stb 2.27 (Debian 12) builds a Huffman table from its 16 code counts without checking that
- *   they add up to at most 256, and then writes past the table's arrays: such a table is
- *   refused. Like stb, every table that starts inside the segment is read whole.
- * - Each progressive scan makes stb pass over every block of the image again, and a scan can be
+ * followed by anything but a stuffed 0x00 or a restart marker). stb 2.27 (Debian 12) trusts
+ * what it reads there in ways that touch memory it should not:
+ * - it builds a Huffman table from its 16 code counts without checking that they add up to at
+ *   most 256, and writes past the table's arrays: such a table is refused (like stb, every
+ *   table that starts inside the segment is read whole);
+ * - a scan that uses a Huffman table the file never defined makes it read past its tables, and
+ *   an undefined quantization table scales the pixels by uninitialised memory: refused, as
+ *   libjpeg refuses them (libjpeg-turbo, and so Pillow, does fill in the standard Huffman
+ *   tables for the motion-JPEG frames that leave them out; xcap does not);
+ * - each progressive scan makes stb pass over every block of the image again, and a scan can be
  *   a few bytes long: more than JPEG_MAX_SCANS scans are refused. */
 static int check_jpeg(const uint8_t *d, size_t n, const char *name, char *err, size_t errlen) {
     size_t scans = 0;
+    int huffman_defined[2][4] = {{0}}, quant_defined[4] = {0}, progressive = 0, n_comp = 0;
+    unsigned comp_id[4], comp_quant[4];
     for (size_t pos = 2; pos + 1 < n;) {
         if (d[pos] != 0xFF) { /* entropy-coded data, or padding stb skips too */
             pos++;
@@ -591,8 +601,10 @@ static int check_jpeg(const uint8_t *d, size_t n, const char *name, char *err, s
         long left = (long)be16(d + pos + 2) - 2;
         if (m == 0xC4) { /* DHT: tables of class/id, 16 counts, then the symbols */
             for (size_t at = pos + 4; left > 0;) {
-                unsigned codes = 0;
-                for (size_t i = at + 1; i <= at + 16 && i < n; i++) codes += d[i];
+                unsigned id = byte_at(d, n, at), codes = 0;
+                if (id >> 4 > 1 || (id & 15) > 3) break; /* stb stops there */
+                huffman_defined[id >> 4][id & 15] = 1;
+                for (size_t i = at + 1; i <= at + 16; i++) codes += byte_at(d, n, i);
                 if (codes > 256)
                     return xcap_fail(err, errlen, XCAP_ERR_FORMAT,
                                 "%s: JPEG Huffman table at byte %zu defines %u codes (at most 256): "
@@ -600,8 +612,48 @@ static int check_jpeg(const uint8_t *d, size_t n, const char *name, char *err, s
                 at += 17 + codes;
                 left -= 17 + (long)codes;
             }
+        } else if (m == 0xDB) { /* DQT: precision/id, then 64 bytes or 64 16-bit values */
+            for (size_t at = pos + 4; left > 0;) {
+                unsigned id = byte_at(d, n, at);
+                if (id >> 4 > 1 || (id & 15) > 3) break;
+                quant_defined[id & 15] = 1;
+                size_t step = id >> 4 ? 129 : 65;
+                at += step;
+                left -= (long)step;
+            }
+        } else if ((m == 0xC0 || m == 0xC1 || m == 0xC2) && n_comp == 0) { /* the frame stb reads */
+            progressive = m == 0xC2;
+            unsigned count = byte_at(d, n, pos + 9);
+            n_comp = count < 4 ? (int)count : 4;
+            for (int i = 0; i < n_comp; i++) {
+                comp_id[i] = byte_at(d, n, pos + 10 + 3 * i);
+                comp_quant[i] = byte_at(d, n, pos + 12 + 3 * i) & 3; /* stb refuses ids above 3 */
+            }
+        } else if (m == 0xDA) { /* SOS: components with their Huffman tables, then the band */
+            scans++;
+            unsigned count = byte_at(d, n, pos + 4);
+            unsigned band_start = byte_at(d, n, pos + 5 + 2 * count);
+            unsigned refine = byte_at(d, n, pos + 7 + 2 * count) >> 4;
+            /* baseline: DC and AC tables; progressive: DC for a first DC scan, AC for AC scans */
+            int uses_dc = !progressive || (band_start == 0 && refine == 0);
+            int uses_ac = !progressive || band_start > 0;
+            for (unsigned i = 0; i < count && i < 4; i++) {
+                unsigned id = byte_at(d, n, pos + 5 + 2 * i), tables = byte_at(d, n, pos + 6 + 2 * i);
+                int c = 0;
+                while (c < n_comp && comp_id[c] != id) c++;
+                if (c == n_comp || tables >> 4 > 3 || (tables & 15) > 3) continue; /* stb refuses it */
+                const char *missing = uses_dc && !huffman_defined[0][tables >> 4] ? "DC Huffman"
+                                      : uses_ac && !huffman_defined[1][tables & 15] ? "AC Huffman"
+                                      : !quant_defined[comp_quant[c]] ? "quantization"
+                                                                      : NULL;
+                if (missing)
+                    return xcap_fail(err, errlen, XCAP_ERR_FORMAT,
+                                "%s: JPEG scan at byte %zu uses a %s table the file has not defined "
+                                "(%s)", name, pos, missing,
+                                missing[0] == 'q' ? "corrupt file"
+                                                  : "corrupt, or a motion-JPEG frame relying on the standard tables");
+            }
         }
-        scans += m == 0xDA;
         pos += 2 + be16(d + pos + 2);
     }
     if (scans > JPEG_MAX_SCANS)

@@ -104,6 +104,10 @@ static void test_found_inputs(void) {
      * signature check did not, so the Huffman check never ran */
     expect_image_error("jpeg_after_fill_bytes_dht_overflow.jpg",
                        "not an image in a supported format (PNG, JPEG, GIF, BMP, TGA, PSD, PNM)");
+    /* a progressive scan whose AC Huffman table (and quantization table) was never defined:
+     * stb read past its tables (UBSan: index 18 out of bounds for maxcode[18]) */
+    expect_image_error("jpeg_undefined_tables.jpg",
+                       "JPEG scan at byte 233 uses a quantization table the file has not defined (corrupt file)");
     /* stb 2.27's bit reader shifted by 34 bits once the data ran dry: now refused (as Pillow does) */
     expect_image_error("jpeg_bits_run_dry_shift.jpg", "JPEG data is truncated or corrupt (stb_image: unknown marker)");
     /* an empty first IDAT made stb add 0 to a NULL pointer; the file's IHDR CRC is wrong anyway */

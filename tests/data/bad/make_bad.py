@@ -155,6 +155,12 @@ def build():
             overflow[start + 5:start + 21] = b"\xff" * 16
             break
     files["jpeg_huffman_overflow.jpg"] = bytes(overflow)
+    # tables left out: Huffman (as motion-JPEG frames do; libjpeg-turbo then uses the standard
+    # ones, which Pillow's encoder also used here) and quantization (nothing to fall back on)
+    for marker, what in ((0xC4, "huffman"), (0xDB, "quantization")):
+        kept = jpeg[:2] + b"".join(jpeg[s:e] for m, s, e in jpeg_segments(jpeg) if m != marker) \
+            + jpeg[jpeg_segments(jpeg)[-1][2]:]
+        files[f"jpeg_no_{what}_tables.jpg"] = kept
     return files
 
 
