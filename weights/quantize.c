@@ -165,7 +165,8 @@ static int copy_file(const char *from, const char *to, char *err, size_t errlen)
 static int convert_tensors(const st_file *in, const xcap_config *cfg, xcap_quant_type type, out_tensor *ts, int *n_out,
                            char *err, size_t errlen) {
     int n = 0;
-    for (int i = 0; i < in->n_tensors; i++) {
+    /* *n_out follows n, so that the caller frees what was converted when this fails midway. */
+    for (int i = 0; i < in->n_tensors; i++, *n_out = n) {
         const st_tensor *t = &in->tensors[i];
         int layout = linear_layout(t->name, cfg->tie_word_embeddings);
         /* A tied checkpoint that also stores lm_head: the loader uses wte, so drop the copy. */
@@ -179,6 +180,7 @@ static int convert_tensors(const st_file *in, const xcap_config *cfg, xcap_quant
         if (!f) return xcap_fail(err, errlen, XCAP_ERR_NOMEM, "out of memory for tensor %s", t->name);
         tensor_as_f32(t, f);
         out_tensor *o = &ts[n++];
+        *n_out = n;
         o->src = t;
         o->name = strdup(t->name);
         o->ndim = t->ndim;
@@ -217,6 +219,7 @@ static int convert_tensors(const st_file *in, const xcap_config *cfg, xcap_quant
         o->dtype = ST_I8, o->data = q, o->n_bytes = t->n_elements;
         sprintf(scale_name, "%s_scale", t->name);
         out_tensor *s = &ts[n++];
+        *n_out = n;
         *s = (out_tensor){.src = t, .name = scale_name, .dtype = ST_F32, .data = scale, .n_bytes = channels * 4, .ndim = 1};
         s->shape[0] = (int64_t)channels;
     }
