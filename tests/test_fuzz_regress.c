@@ -112,6 +112,9 @@ static void test_found_inputs(void) {
     expect_image_error("jpeg_bits_run_dry_shift.jpg", "JPEG data is truncated or corrupt (stb_image: unknown marker)");
     /* an empty first IDAT made stb add 0 to a NULL pointer; the file's IHDR CRC is wrong anyway */
     expect_image_error("png_empty_first_idat.png", "PNG chunk IHDR at byte 8 has a bad CRC (corrupt file)");
+    /* ... and copied 0 bytes into it (UBSan: NULL passed to memcpy); this one is cut short */
+    expect_image_error("png_empty_first_idat_memcpy.png",
+                       "PNG file is truncated (76 bytes, pixel data incomplete; stb_image: no reason given)");
 
     /* "eos_token_id": [] gave a configuration without an end token (n_eos 0) */
     size_t n;
