@@ -12,6 +12,7 @@
 
 #include "cmd/batch.h"
 #include "cmd/commands.h"
+#include "cmd/image.h"
 #include "cmd/options.h"
 
 enum { DEFAULT_BATCH_SIZE = 8, DEFAULT_PAGE_SIZE = 100 };
@@ -37,6 +38,8 @@ static void batch_usage(FILE *out) {
             "      --overwrite          caption every image again (FILE starts afresh)\n"
             "      --html DIR           also write a static gallery (thumbnails, captions, failures) to DIR\n"
             "      --html-page-size N   images per gallery page (default: %d)\n"
+            "      --max-pixels N       images of more than N pixels get an error record, read from the\n"
+            "                           file's header before decoding (default: %lld)\n"
             "Speed:\n"
             "  -j, --jobs N             captioning threads, each with its own state (default: 1; with\n"
             "                           several, each computes on one thread)\n"
@@ -49,7 +52,7 @@ static void batch_usage(FILE *out) {
             "                           terminal (default: %g)\n"
             "  -v, --verbose            model warnings, and each failure as it happens\n\n"
             "Image extensions taken by default (any case):",
-            DEFAULT_PAGE_SIZE, DEFAULT_BATCH_SIZE, DEFAULT_PROGRESS_INTERVAL);
+            DEFAULT_PAGE_SIZE, IMAGE_DEFAULT_MAX_PIXELS, DEFAULT_BATCH_SIZE, DEFAULT_PROGRESS_INTERVAL);
     for (int i = 0; batch_default_extensions[i]; i++) fprintf(out, " .%s", batch_default_extensions[i]);
     fprintf(out,
             "\nRecords: jsonl {\"path\", \"width\", \"height\", \"caption\", \"tokens\", \"score\", \"sum_logprob\",\n"
@@ -67,6 +70,7 @@ typedef struct {
     int overwrite, quiet;
     int shard_k, shard_n;
     int jobs, decode_threads, batch_size, page_size;
+    long long max_pixels;
     double progress_interval;
     const char **include, **exclude;
     size_t n_include, n_exclude;
@@ -257,6 +261,7 @@ int cmd_batch(int argc, char **argv) {
     cli_options opt;
     options_init(&opt);
     batch_settings s = {.format = FORMAT_JSONL, .jobs = 1, .decode_threads = 1, .batch_size = DEFAULT_BATCH_SIZE,
+                        .max_pixels = IMAGE_DEFAULT_MAX_PIXELS,
                         .page_size = DEFAULT_PAGE_SIZE, .progress_interval = DEFAULT_PROGRESS_INTERVAL};
     s.roots = calloc(argc > 0 ? (size_t)argc : 1, sizeof *s.roots);
     int code = EXIT_USAGE, only_paths = 0;
@@ -291,6 +296,7 @@ int cmd_batch(int argc, char **argv) {
             goto done;
         }
         int r = parse_batch_option(&s, argc, argv, &i);
+        if (r == 0) r = options_parse_max_pixels(argc, argv, &i, &s.max_pixels);
         if (r == 0) r = options_parse_one(&opt, argc, argv, &i);
         if (r == 0) fprintf(stderr, "xcap batch: unknown option '%s' (see xcap batch --help)\n", a);
         if (r <= 0) goto done;
@@ -433,6 +439,7 @@ int cmd_batch(int argc, char **argv) {
         .jobs = s.jobs,
         .decode_threads = s.decode_threads,
         .batch_size = s.batch_size,
+        .max_pixels = s.max_pixels,
         .html_dir = s.html_dir,
         .verbose = opt.verbose,
         .kill_after = env_long("XCAP_TEST_KILL_AFTER"),

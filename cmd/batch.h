@@ -183,6 +183,7 @@ typedef struct {
     int jobs;            /* captioning threads, each with its own xcap_state */
     int decode_threads;
     int batch_size;      /* images per xcap_caption_batch call (at most BATCH_MAX_GROUP) */
+    long long max_pixels; /* larger images get an error record (read from their header) */
     const char *html_dir;
     int verbose;
     long kill_after;     /* test hook: SIGKILL after this many records (0 = off) */

@@ -90,7 +90,8 @@ static void *decode_thread(void *arg) {
         int w = 0, h = 0;
         char *error = NULL;
         if (it->walk_error) error = dup_string(it->walk_error);
-        else if (image_load_file(it->path, &rgb, &w, &h, err, sizeof err) != 0) error = dup_string(err);
+        else if (image_load_file_limit(it->path, p->opt->max_pixels, &rgb, &w, &h, err, sizeof err) != 0)
+            error = dup_string(err);
         if (rgb && p->opt->html_dir) {
             /* Thumbnails here, off the captioning threads; a failed one only costs the
              * gallery a picture. */

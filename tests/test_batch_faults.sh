@@ -111,6 +111,13 @@ grep -q '"path":"'"$SLOW"'/s_20.png".*"error":".*No such file or directory' "$TM
     fail "deleted input: no error record for s_20.png"
 [ "$(grep -c '"caption"' "$TMP/slow.jsonl")" -eq 23 ] && ok || fail "deleted input: the others were not all captioned"
 
+# --- --max-pixels: larger images get an error record from their header, the rest go on ---
+run "--max-pixels" 1 "${B[@]}" -q --max-pixels 2000 -o "$TMP/px.jsonl" "$TREE"
+big=$(grep -c '"error":".*larger than xcap accepts' "$TMP/px.jsonl")
+small=$(grep -c '"caption"' "$TMP/px.jsonl")
+[ "$big" -gt 0 ] && [ "$small" -gt 0 ] && [ $((big + small)) -eq "$N" ] && ok ||
+    fail "--max-pixels: $big refused, $small captioned of $N"
+
 # --- ".." in the paths given: sidecars stay under --out-dir, mirroring the relative paths ---
 run "dotdot roots" 0 "${B[@]}" -q --format txt --out-dir "$TMP/side" "$TREE/a/../b" "$TREE/b/../a/img_02.png"
 outside=$(find "$TMP" -name '*.txt' -not -path "$TMP/side/*" | wc -l)
