@@ -14,7 +14,7 @@
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${XCAP_FUZZ_BUILD:-$root/build-fuzz}
-log=$root/tests/fuzz/campaign.log
+log=${XCAP_FUZZ_LOG:-$root/tests/fuzz/campaign.log} # the test command logs elsewhere
 
 if [ $# -lt 1 ] || ! [[ $1 =~ ^[0-9]+$ ]] || [ "$1" -lt 1 ]; then
     echo "usage: tests/fuzz/run.sh SECONDS [TARGET...]" >&2
@@ -78,7 +78,7 @@ for t in "${targets[@]}"; do
     printf '%-22s %6ss %12s execs  %s  (log: %s)\n' "$t" "$elapsed" "${execs:-0}" "$result" "$out"
 done
 
-echo "totals in tests/fuzz/campaign.log:"
+echo "totals in $log:"
 awk -F'\t' '!/^#/ && NF >= 5 { s[$2] += $3; e[$2] += $4; if ($5 != "ok") c[$2]++ }
     END { for (t in s) printf "  %-22s %8d s %14d execs  %d failed runs\n", t, s[t], e[t], c[t] }' "$log" | sort
 exit $status
