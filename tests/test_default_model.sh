@@ -4,7 +4,7 @@
 # the three bundled examples exactly as examples/captions.txt says, both with -m and as the
 # command's default model. Usage: test_default_model.sh PATH/TO/xcap (from the repository root).
 #
-# Until the trained model is exported (weights/default/model.safetensors absent) the test skips;
+# Before a trained model was exported (weights/default/model.safetensors absent) the test skipped;
 # once it exists, any mismatch fails.
 # shellcheck disable=SC2016
 set -u
