@@ -16,10 +16,12 @@ enum { ATTN_LAYER_LAST = -1, ATTN_LAYER_ALL = -2 };
 enum { ATTN_HEAD_MEAN = -1, ATTN_HEAD_MAX = -2 };
 typedef enum { ATTN_FUSION_NONE = 0, ATTN_FUSION_ROLLOUT = 1 } attn_fusion;
 
-/* The drawn map when no flag is given: the mean over the heads of this layer. The one place
- * to change once the grounding of the shipped model has been measured (issue 6); a numeric
- * layer that a smaller model does not have falls back to its last layer. */
-#define ATTEND_DEFAULT_LAYER ATTN_LAYER_LAST
+/* The drawn map when no flag is given: the mean over every decoder layer and head. Measured on
+ * the shipped model (weights/grounding.py, 1040 nouns in 500 scenes; weights/default/
+ * MODEL_CARD.md): its peak falls inside the named object for 96.2% of nouns, the best of all
+ * settings (last layer alone 69.8%, rollout 52.0%). A numeric layer that a smaller model does
+ * not have falls back to its last layer. */
+#define ATTEND_DEFAULT_LAYER ATTN_LAYER_ALL
 #define ATTEND_DEFAULT_HEAD ATTN_HEAD_MEAN
 
 typedef struct {
