@@ -106,7 +106,7 @@ for stem in circles_200x150 gradient_32x32 rgba_40x24; do
     check "$stem: attention.json image size" grep -Pzq "\"image_size\":\\s*\\{\\s*\"width\":\\s*${SIZE[$stem]%x*},\\s*\"height\":\\s*${SIZE[$stem]#*x}" "$out/attention.json"
     check "$stem: attention.json model input" grep -Pzq '"model_input_size":\s*\{\s*"width":\s*32,\s*"height":\s*32' "$out/attention.json"
     check "$stem: attention.json decoding" grep -q '"num_beams":[[:space:]]*1' "$out/attention.json"
-    check "$stem: attention.json drawn" grep -Pzq '"drawn":\s*\{\s*"layer":\s*1,\s*"head":\s*"mean",\s*"fusion":\s*"none"' "$out/attention.json"
+    check "$stem: attention.json drawn" grep -Pzq '"drawn":\s*\{\s*"layer":\s*"all",\s*"head":\s*"mean",\s*"fusion":\s*"none"' "$out/attention.json"
     tokens=${got_shape%%,*}
     check "$stem: one token entry per row" test "$(grep -c '"index":' <(sed -n '/"tokens":/,/"words":/p' "$out/attention.json"))" -eq "$tokens"
     # one PNG per token that belongs to a word, each at the original size

@@ -181,7 +181,8 @@ static void test_choice_parsing(void) {
 
     xcap_model_info info = {.dec_layers = 2, .dec_heads = 4};
     attn_choice_default(&c);
-    CHECK(attn_choice_resolve(&c, &info, err, sizeof err) == 0 && c.layer == 1, "default resolves to the last layer");
+    CHECK(attn_choice_resolve(&c, &info, err, sizeof err) == 0 && c.layer == ATTN_LAYER_ALL && c.head == ATTN_HEAD_MEAN,
+          "default: the mean over layers and heads (the shipped model's best grounding)");
     c = (attn_choice){.layer = 2, .head = 0, .layer_given = 1};
     CHECK(attn_choice_resolve(&c, &info, err, sizeof err) != 0 && strstr(err, "2 decoder layers"), "--layer 2 of 2: %s", err);
     c = (attn_choice){.layer = 5, .head = ATTN_HEAD_MEAN, .layer_given = 0};
