@@ -92,13 +92,14 @@ static int alloc_packed(nn_linear *w, nn_weight_type type, int K, int N) {
 /* Copies one part's columns n0 .. n0+n-1 into the panels, panel by panel (threads never share
  * a panel), each panel filled in its own order: k outer, its columns inner, so the writes are
  * sequential. Element-typed loops, not a memcpy per element: packing runs once per load, but
- * over every weight of the model. */
+ * over every weight of the model. Threads only for large weights: for small ones the start and
+ * the spinning waits of a parallel region cost more than the copy. */
 #define PACK_PART(elem_t)                                                                              \
     do {                                                                                               \
         const elem_t *src = p->weight;                                                                 \
         elem_t *dst = w->panels;                                                                       \
         const int first = n0 / NN_PANEL, last = (n0 + p->n - 1) / NN_PANEL;                            \
-        _Pragma("omp parallel for schedule(static)")                                                   \
+        _Pragma("omp parallel for schedule(static) if ((size_t)K * p->n > ((size_t)1 << 20))")         \
         for (int panel = first; panel <= last; panel++) {                                              \
             int j0 = panel * NN_PANEL < n0 ? n0 - panel * NN_PANEL : 0;                                \
             int j1 = (panel + 1) * NN_PANEL > n0 + p->n ? n0 + p->n - panel * NN_PANEL : NN_PANEL;     \
