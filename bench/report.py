@@ -116,7 +116,7 @@ def collect(model_run, threads, engines):
         e = {"stages": {k: v["median_s"] for k, v in part.get("stages", {}).items()},
              "reps": {k: v["reps"] for k, v in part.get("stages", {}).items()},
              "greedy_tokens": part.get("greedy_tokens"), "beam_tokens": part.get("beam_tokens"),
-             "version": part.get("version")}
+             "version": part.get("version"), "threads_config": part.get("threads_config")}
         if engine in XCAP_VARIANTS:  # `xcap batch`'s own summary line
             e["batch_images_per_s"] = batch_rate(read_text(os.path.join(model_run, f"{engine}-batch-t{threads}.txt")))
         else:
@@ -232,6 +232,11 @@ def markdown(label, info, per_threads):
                  + (f", beam {yes_no(r[f'{xv}_beam_tokens_equal_{o}'])}" if o == "pytorch" else "")
                  for xv in XCAP_VARIANTS if xv in d["engines"] for o in OTHERS if o in d["engines"]]
         lines.append(f"Same tokens, {t} thread(s): " + "; ".join(agree) + ".")
+        tc = d["engines"].get("pytorch", {}).get("threads_config")
+        if tc:
+            lines.append(f"PyTorch at {t} thread(s) ran with torch.set_num_threads({tc['torch_threads']}) and "
+                         f"{tc['blas_threads']} OpenBLAS thread(s), the faster of: "
+                         + ", ".join(f"{k} {v:.3g} s" for k, v in tc["trial_s"].items()) + ".")
     blas = next((d["machine"].get("openblas") for d in per_threads.values() if d["machine"]), None)
     versions = ", ".join(f"{ENGINE_NAMES[n]} {v}" for n in OTHERS if n in engines
                          for v in [next((d["engines"][n]["version"] for d in per_threads.values()

@@ -53,9 +53,10 @@ done
 PY=/usr/bin/python3
 WORK=${XCAP_BENCH_WORK:-bench/work}
 BUILD=${XCAP_BENCH_BUILD:-build-bench}
-STAMP=$(date -u +%Y-%m-%dT%H%MZ)
+STAMP=$(date -u +%Y-%m-%dT%H%M%SZ)
 RUN=$WORK/runs/$STAMP
-mkdir -p "$RUN"
+mkdir -p "$WORK/runs"
+mkdir "$RUN" # a fresh folder: parts of two runs never mix
 cat /proc/loadavg | cut -d' ' -f1-3 >"$RUN/loadavg-before.txt"
 
 if [ "$BUILD_FIRST" = 1 ]; then
