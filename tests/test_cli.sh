@@ -8,22 +8,7 @@ IMG=tests/fixtures/images/gradient_32x32.png
 IMG2=tests/fixtures/images/circles_200x150.png
 TMP=$(mktemp -d /tmp/xcap_cli.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
-passed=0
-failed=0
-
-ok() { passed=$((passed + 1)); }
-fail() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
-
-# run NAME EXPECTED_CODE CMD... : runs, keeps stdout/stderr in $TMP/out, $TMP/err
-run() {
-    local name=$1 want=$2
-    shift 2
-    "$@" >"$TMP/out" 2>"$TMP/err"
-    local got=$?
-    if [ "$got" -eq "$want" ]; then ok; else fail "$name: exit $got, expected $want; stderr: $(head -c 400 "$TMP/err")"; fi
-}
-expect_out() { if grep -q -- "$2" "$TMP/out"; then ok; else fail "$1: stdout lacks '$2': $(head -c 400 "$TMP/out")"; fi; }
-expect_err() { if grep -q -- "$2" "$TMP/err"; then ok; else fail "$1: stderr lacks '$2': $(head -c 400 "$TMP/err")"; fi; }
+source "$(dirname "$0")/shell_harness.sh" # ok, fail, run, expect_out, expect_err, finish
 expect_lines() {
     local n
     n=$(wc -l <"$TMP/$2")

@@ -12,10 +12,7 @@ MODEL=tests/fixtures/models/tiny
 DIR=tests/data/bad
 TMP=$(mktemp -d /tmp/xcap_hostile.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); }
-fail() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
+source "$(dirname "$0")/shell_harness.sh" # ok, fail, counters (run is this test's own)
 
 # run EXPECTED_CODE ARGS... : xcap with a time limit; stdout/stderr in $TMP/out, $TMP/err.
 run() {
