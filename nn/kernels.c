@@ -1,5 +1,7 @@
 #include "nn/kernels.h"
 
+#include "nn/cpu.h"
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -111,12 +113,7 @@ typedef struct {
 
 static vector_ops pick_vector_ops(void) {
 #if defined(__x86_64__)
-    static int avx2 = -1;
-    if (avx2 < 0) {
-        __builtin_cpu_init();
-        avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    if (avx2) return (vector_ops){dot_avx2, axpy_avx2};
+    if (nn_cpu_isa() >= NN_ISA_AVX2) return (vector_ops){dot_avx2, axpy_avx2};
 #endif
     return (vector_ops){dot_portable, axpy_portable};
 }

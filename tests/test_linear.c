@@ -1,11 +1,13 @@
 /* nn_linear_forward (nn/linear.h): equal to its plain-loop twin to the last bit, on odd shapes,
  * whatever the number of rows, the rows' place in the batch, the strides and the thread count;
- * and close to a double-precision sum (so the twin itself is right). */
+ * and close to a double-precision sum (so the twin itself is right). Everything runs once per
+ * kernel family the machine has (portable, AVX2, AVX-512), so each is held to the same bits. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "harness.h"
+#include "nn/cpu.h"
 #include "nn/kernels.h"
 #include "nn/linear.h"
 
@@ -26,7 +28,9 @@ static float *transpose(const float *w, int rows, int cols) {
 
 static const int shapes[][3] = {{1, 1, 1},   {1, 3, 17},    {3, 17, 1},    {17, 64, 3},  {197, 48, 17},
                                 {5, 197, 33}, {2, 130, 257}, {1, 192, 576}, {4, 192, 856}, {1, 70, 70},
-                                {13, 1, 31},  {100, 33, 40}, {6, 16, 16},   {7, 16, 48},  {1, 5, 64}};
+                                {13, 1, 31},  {100, 33, 40}, {6, 16, 16},   {7, 16, 48},  {1, 5, 64},
+                                /* whole groups of 4 (tiles) and 8 (rows) panels whose last panel is short */
+                                {3, 20, 60},  {1, 20, 120},  {1, 9, 250},   {13, 7, 124}, {2, 3, 64}};
 #define N_SHAPES (sizeof shapes / sizeof *shapes)
 
 static void test_equals_naive(void) {
@@ -221,12 +225,17 @@ static void test_narrow_types(void) {
 }
 
 int main(void) {
-    nn_set_threads(2);
-    test_equals_naive();
-    test_row_invariance();
-    test_strides();
-    test_concat();
+    const nn_isa best = nn_cpu_isa();
+    for (int isa = NN_ISA_PORTABLE; isa <= (int)best; isa++) {
+        CHECK(nn_cpu_limit((nn_isa)isa) == (nn_isa)isa, "cannot select %s", nn_isa_name((nn_isa)isa));
+        nn_set_threads(2);
+        test_equals_naive();
+        test_row_invariance();
+        test_strides();
+        test_concat();
+        test_narrow_types();
+    }
+    nn_cpu_limit(best);
     test_half();
-    test_narrow_types();
     return harness_finish("test_linear");
 }
