@@ -12,7 +12,9 @@
  *   decoder_token  one decoder position for one sequence, averaged over positions 0..15
  *   greedy16    xcap_caption, greedy, exactly 16 new tokens (eos banned before)
  *   beam4       the same with 4 beams
- * The tokens of both captions are printed too, so that run.sh can check that the engines agree. */
+ * The tokens of both captions are printed too, so that run.sh can check that the engines agree.
+ * XCAP_STAGES=name,name,... runs only those stages (for a profiler: `XCAP_STAGES=encoder perf
+ * record ...`); decoder_token then feeds the start token at every position. */
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -97,8 +99,19 @@ static void stage_beam(void *ctx) {
 
 /* Times fn (bench_time) and adds {"median_s", "min_s", "reps"}, divided by `per`, under `name`.
  * Returns 0, or -1 when fn failed. */
+/* 1 unless XCAP_STAGES is set and does not list the stage. */
+static int wanted(const char *name) {
+    const char *list = getenv("XCAP_STAGES");
+    if (!list) return 1;
+    size_t n = strlen(name);
+    for (const char *at = list; (at = strstr(at, name)); at += n)
+        if ((at == list || at[-1] == ',') && (at[n] == ',' || at[n] == '\0')) return 1;
+    return 0;
+}
+
 static int time_stage(bench *b, cJSON *stages, const char *name, void (*fn)(void *), double seconds, int min_reps,
                       int per) {
+    if (!wanted(name)) return 0;
     bench_timing t = bench_time(fn, b, seconds, min_reps, &b->failed);
     if (b->failed) {
         fprintf(stderr, "xcap_stages: %s: %s\n", name, b->err);
@@ -177,16 +190,15 @@ int main(int argc, char **argv) {
     rc = rc ? rc : time_stage(&b, stages, "encoder", stage_encoder, seconds, min_reps, 1);
     rc = rc ? rc : time_stage(&b, stages, "cross_kv", stage_cross_kv, seconds, min_reps, 1);
     rc = rc ? rc : time_stage(&b, stages, "greedy16", stage_greedy, seconds, min_reps, 1);
-    if (!rc) {
-        /* the decoder stage replays the greedy caption's own tokens (start token first) */
-        add_tokens(out, "greedy_tokens", &b.result);
-        b.step_tokens[0] = xcap_model_get_info(b.m).start_token;
-        for (int i = 1; i < CAPTION_TOKENS; i++)
-            b.step_tokens[i] = i - 1 < b.result.hyps[0].n_tokens ? b.result.hyps[0].tokens[i - 1] : 0;
-    }
+    if (!rc && wanted("greedy16")) add_tokens(out, "greedy_tokens", &b.result);
+    /* the decoder stage replays the greedy caption's own tokens (start token first) */
+    b.step_tokens[0] = xcap_model_get_info(b.m).start_token;
+    for (int i = 1; i < CAPTION_TOKENS; i++)
+        b.step_tokens[i] = b.result.n_hyps > 0 && i - 1 < b.result.hyps[0].n_tokens ? b.result.hyps[0].tokens[i - 1]
+                                                                                   : b.step_tokens[0];
     rc = rc ? rc : time_stage(&b, stages, "decoder_token", stage_decoder_steps, seconds, min_reps, CAPTION_TOKENS);
     rc = rc ? rc : time_stage(&b, stages, "beam4", stage_beam, seconds, min_reps, 1);
-    if (!rc) add_tokens(out, "beam_tokens", &b.result);
+    if (!rc && wanted("beam4")) add_tokens(out, "beam_tokens", &b.result);
     if (!rc) {
         char *text = cJSON_PrintUnformatted(out);
         printf("%s\n", text);
