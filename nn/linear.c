@@ -154,6 +154,23 @@ int nn_linear_pack_nk_concat(nn_linear *w, const float *const *parts, const floa
     return nn_linear_pack(w, NN_F32, 1, list, count, K);
 }
 
+size_t nn_linear_packed_floats(int K, int N) { return (size_t)(K > 0 ? K : 1) * padded(N); }
+
+void nn_linear_view_f32(nn_linear *w, float *panels, const float *zero_bias, const float *src, size_t src_stride,
+                        int stored_nk, int K, int N) {
+    const int n_panels = (int)(padded(N) / NN_PANEL);
+    for (int p = 0; p < n_panels; p++) {
+        float *out = panels + (size_t)p * K * NN_PANEL;
+        for (int k = 0; k < K; k++)
+            for (int j = 0; j < NN_PANEL; j++) {
+                const int n = p * NN_PANEL + j;
+                out[(size_t)k * NN_PANEL + j] =
+                    n >= N ? 0.0f : stored_nk ? src[(size_t)n * src_stride + k] : src[(size_t)k * src_stride + n];
+            }
+    }
+    *w = (nn_linear){.type = NN_F32, .panels = panels, .bias = (float *)zero_bias, .scale = NULL, .K = K, .N = N};
+}
+
 void nn_linear_free(nn_linear *w) {
     free(w->panels);
     free(w->bias);

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "nn/cpu.h"
 #include "nn/kernels.h"
 
 static uint64_t rng = 12345;
@@ -96,7 +97,8 @@ static void naive_attention(float *out, float *probs, const float *q, int qs, co
 static void test_attention(void) {
     const int cases[][6] = {/* Tq, Tk, H, hd, causal, offset */
                             {1, 1, 1, 1, 0, 0}, {1, 17, 3, 5, 0, 0}, {17, 17, 4, 16, 0, 0}, {197, 197, 3, 8, 0, 0},
-                            {5, 9, 2, 7, 1, 4},  {1, 12, 4, 16, 1, 11}};
+                            {5, 9, 2, 7, 1, 4},  {1, 12, 4, 16, 1, 11}, {197, 197, 12, 64, 0, 0}, {8, 50, 2, 64, 0, 0},
+                            {7, 50, 2, 64, 0, 0}, {40, 3, 2, 24, 0, 0}};
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         int Tq = cases[c][0], Tk = cases[c][1], H = cases[c][2], hd = cases[c][3], causal = cases[c][4], off = cases[c][5];
         int E = H * hd, qs = 3 * E, ks = 2 * E; /* strided rows like GPT-2's fused projections */
@@ -119,6 +121,61 @@ static void test_attention(void) {
         }
         free(q), free(k), free(v), free(out), free(ref), free(p), free(pref);
     }
+}
+
+/* softmax against double exp on rows of every length class (vector body, tail, both). */
+static void test_softmax_accuracy(void) {
+    const int lengths[] = {1, 7, 16, 17, 33, 197, 1000};
+    for (size_t c = 0; c < sizeof lengths / sizeof *lengths; c++) {
+        int n = lengths[c];
+        float *x = rand_buf(n), *y = malloc(n * sizeof *y);
+        for (int i = 0; i < n; i++) x[i] *= 40.0f; /* spreads over e^-40 .. e^40 */
+        memcpy(y, x, n * sizeof *y);
+        softmax(y, n);
+        double mx = -1e300, sum = 0, worst = 0;
+        for (int i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+        for (int i = 0; i < n; i++) sum += exp(x[i] - mx);
+        /* x - max is rounded to float first (relative error 2^-24 of up to 80, carried into
+         * the exponential), then exp, the sum and the scaling add a few ulp: the budget. */
+        for (int i = 0; i < n; i++) {
+            double want = exp(x[i] - mx) / sum, budget = fabs(x[i] - mx) * 0x1p-24 + 1e-6;
+            worst = fmax(worst, fabs(y[i] - want) / want / budget);
+        }
+        CHECK(worst <= 1.0, "softmax n=%d: relative error %g of its budget", n, worst);
+        free(x), free(y);
+    }
+}
+
+/* The vectorised GELU, softmax and attention give the portable code's bits on every kernel
+ * family the machine has (nn/cpu.h), so a caption does not depend on the CPU it ran on. */
+static void test_isa_identity(void) {
+    const nn_isa best = nn_cpu_isa();
+    const size_t n = 4099;
+    float *x = malloc(n * sizeof *x), *g[3], *s[3], *o[3], *p[3];
+    for (size_t i = 0; i < n; i++) x[i] = -12.0f + 24.0f * (float)i / (float)(n - 1);
+    x[0] = -INFINITY, x[1] = INFINITY, x[2] = 0.0f, x[3] = -0.0f, x[4] = 1e-30f;
+    const int Tq = 37, Tk = 37, H = 3, hd = 20, E = H * hd;
+    float *q = rand_buf((size_t)Tk * 3 * E);
+    for (int isa = NN_ISA_PORTABLE; isa <= (int)best; isa++) {
+        nn_cpu_limit((nn_isa)isa);
+        g[isa] = malloc(n * sizeof(float)), s[isa] = malloc(n * sizeof(float));
+        o[isa] = malloc((size_t)Tq * E * sizeof(float)), p[isa] = malloc((size_t)H * Tq * Tk * sizeof(float));
+        memcpy(g[isa], x, n * sizeof *x);
+        gelu_erf(g[isa], n);
+        for (size_t i = 0; i < n; i++) s[isa][i] = x[i] * 0.1f;
+        s[isa][7] = -INFINITY;
+        for (int len = 1, at = 0; at + len <= (int)n; at += len, len = len * 2 + 1) softmax(s[isa] + at, len);
+        attention(o[isa], E, p[isa], q, 3 * E, q + E, 3 * E, q + 2 * E, 3 * E, Tq, Tk, H, hd, 0.2f, 0, 0);
+        if (isa == 0) continue;
+        CHECK(!memcmp(g[isa], g[0], n * sizeof *x), "gelu_erf on %s differs from portable", nn_isa_name((nn_isa)isa));
+        CHECK(!memcmp(s[isa], s[0], n * sizeof *x), "softmax on %s differs from portable", nn_isa_name((nn_isa)isa));
+        CHECK(!memcmp(o[isa], o[0], (size_t)Tq * E * sizeof(float)) && !memcmp(p[isa], p[0], (size_t)H * Tq * Tk * sizeof(float)),
+              "attention on %s differs from portable", nn_isa_name((nn_isa)isa));
+    }
+    nn_cpu_limit(best);
+    CHECK(s[0][7] == 0.0f, "a -inf score has probability %g", s[0][7]);
+    for (int isa = NN_ISA_PORTABLE; isa <= (int)best; isa++) free(g[isa]), free(s[isa]), free(o[isa]), free(p[isa]);
+    free(x), free(q);
 }
 
 /* nn_dot follows its documented order exactly (the vector and the portable code alike). */
@@ -144,5 +201,7 @@ int main(void) {
     test_softmax();
     test_attention();
     test_dot();
+    test_softmax_accuracy();
+    test_isa_identity();
     return harness_finish("test_kernels");
 }
