@@ -142,14 +142,6 @@ void gelu_erf(float *x, size_t n) {
     }
 }
 
-void gelu_tanh(float *x, size_t n) {
-    const float k = 0.7978845608028654f; /* sqrt(2/pi) */
-#pragma omp parallel for if (n > 65536)
-    for (size_t i = 0; i < n; i++) {
-        float v = x[i];
-        x[i] = 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
-    }
-}
 
 void add_inplace(float *y, const float *x, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] += x[i];
@@ -275,6 +267,72 @@ void softmax(float *x, int n) {
     exp_shifted(x, n, mx);
     const float inv = 1.0f / sum_fixed(x, n);
     for (int i = 0; i < n; i++) x[i] *= inv;
+}
+
+/* GPT-2's gelu_new, ½x(1 + tanh(u)) with u = √(2/π)(x + 0.044715x³), computed as x / (1 + e^(-2u))
+ * (the same function: 1 + tanh(u) = 2 / (1 + e^(-2u))), which has no cancellation for negative
+ * u, with the softmax's exp; the same operations in every version. */
+#define GELU_K 0.7978845608028654f /* √(2/π) */
+#define GELU_C 0.044715f
+
+static void gelu_tanh_portable(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        const float v = x[i], v3 = v * v * v;
+        const float u2 = -2.0f * GELU_K * fmaf(GELU_C, v3, v); /* -2u */
+        x[i] = v / (1.0f + exp_one(u2));
+    }
+}
+
+#if defined(__x86_64__)
+#define GELU_TANH_VEC(vec, set1, mul, add, div, fmadd, loadu, storeu, EXP)                             \
+    for (; i + (sizeof(vec) / 4) <= n; i += sizeof(vec) / 4) {                                         \
+        const vec v = loadu(x + i), v3 = mul(mul(v, v), v);                                            \
+        const vec xv = mul(set1(-2.0f * GELU_K), fmadd(set1(GELU_C), v3, v));                          \
+        vec yv;                                                                                        \
+        const float shift = 0.0f;                                                                      \
+        EXP;                                                                                           \
+        storeu(x + i, div(v, add(set1(1.0f), yv)));                                                    \
+    }
+
+__attribute__((target("avx2,fma"))) static void gelu_tanh_avx2(float *x, size_t n) {
+    size_t i = 0;
+#define ZERO_BELOW ZERO_BELOW_256
+    GELU_TANH_VEC(__m256, _mm256_set1_ps, _mm256_mul_ps, _mm256_add_ps, _mm256_div_ps, _mm256_fmadd_ps, _mm256_loadu_ps,
+                  _mm256_storeu_ps,
+                  EXP_VEC(__m256, __m256i, _mm256_set1_ps, _mm256_sub_ps, _mm256_mul_ps, _mm256_add_ps, _mm256_fmadd_ps,
+                          _mm256_min_ps, _mm256_max_ps, ROUND256, _mm256_cvtps_epi32, _mm256_add_epi32,
+                          _mm256_set1_epi32, _mm256_slli_epi32, _mm256_castsi256_ps))
+#undef ZERO_BELOW
+    gelu_tanh_portable(x + i, n - i);
+}
+
+__attribute__((target("avx512f"))) static void gelu_tanh_avx512(float *x, size_t n) {
+    size_t i = 0;
+#define ZERO_BELOW ZERO_BELOW_512
+    GELU_TANH_VEC(__m512, _mm512_set1_ps, _mm512_mul_ps, _mm512_add_ps, _mm512_div_ps, _mm512_fmadd_ps, _mm512_loadu_ps,
+                  _mm512_storeu_ps,
+                  EXP_VEC(__m512, __m512i, _mm512_set1_ps, _mm512_sub_ps, _mm512_mul_ps, _mm512_add_ps, _mm512_fmadd_ps,
+                          _mm512_min_ps, _mm512_max_ps, ROUND512, _mm512_cvtps_epi32, _mm512_add_epi32,
+                          _mm512_set1_epi32, _mm512_slli_epi32, _mm512_castsi512_ps))
+#undef ZERO_BELOW
+    gelu_tanh_portable(x + i, n - i);
+}
+#endif
+
+void gelu_tanh(float *x, size_t n) {
+    void (*run)(float *, size_t) = gelu_tanh_portable;
+#if defined(__x86_64__)
+    const nn_isa isa = nn_cpu_isa();
+    if (isa == NN_ISA_AVX512) run = gelu_tanh_avx512;
+    if (isa == NN_ISA_AVX2) run = gelu_tanh_avx2;
+#endif
+    const size_t block = 4096;
+    const long blocks = (long)((n + block - 1) / block);
+#pragma omp parallel for if (n > 65536)
+    for (long b = 0; b < blocks; b++) {
+        const size_t at = (size_t)b * block;
+        run(x + at, n - at < block ? n - at : block);
+    }
 }
 
 /* Dot product in a fixed order, vectorised or not: 8 running sums (lane l takes d = l, l+8, ...),
