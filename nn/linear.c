@@ -168,7 +168,11 @@ void nn_linear_view_f32(nn_linear *w, float *panels, const float *zero_bias, con
                     n >= N ? 0.0f : stored_nk ? src[(size_t)n * src_stride + k] : src[(size_t)k * src_stride + n];
             }
     }
-    *w = (nn_linear){.type = NN_F32, .panels = panels, .bias = (float *)zero_bias, .scale = NULL, .K = K, .N = N};
+    *w = nn_linear_wrap_f32(panels, zero_bias, K, N);
+}
+
+nn_linear nn_linear_wrap_f32(float *panels, const float *zero_bias, int K, int N) {
+    return (nn_linear){.type = NN_F32, .panels = panels, .bias = (float *)zero_bias, .scale = NULL, .K = K, .N = N};
 }
 
 void nn_linear_free(nn_linear *w) {
@@ -443,57 +447,77 @@ DEFINE_ROW4(row4_q8_avx2, "avx2,fma", int8_t, LOAD_Q8, 1)
         Z1_STORE(5);                                                                                   \
     }
 
-/* One row × eight panels: the matrix-vector product of a decoder step. Eight independent
- * chains keep both FMA units busy despite their latency; eight weight streams run at once. */
 /* How far ahead (bytes) each weight stream of a matrix-vector product is prefetched. The
  * hardware prefetchers alone left one core at about half the memory's speed on eight streams
  * (measured on the AMD EPYC of bench/README: 43 -> 68 GB/s for fp32 and 28 -> 50 GB/s for
  * int8 on two cores); the distances are the best of 256 .. 2048 there. */
 #define PREFETCH_BYTES(elem_size) ((elem_size) == 4 ? 512 : 1024)
-#define Z8_ACC(j, ZLOAD) a##j = _mm512_fmadd_ps(xv, ZLOAD(q##j + at), a##j)
-#define DEFINE_ROW8_Z(name, elem_t, ZLOAD, IS_Q8)                                                         \
+
+/* One row × NP panels (NP <= 8): the matrix-vector product of a decoder step. Eight
+ * independent chains keep both FMA units busy despite their latency, and eight weight streams
+ * run at once; the shorter kernels finish a layer whose panel count is not a multiple of 8.
+ * The `if (NP > j)` lines are resolved at compile time. */
+#define ZR_PREFETCH(j)                                                                                 \
+    if (NP > j) _mm_prefetch((const char *)(q##j + ahead), _MM_HINT_T0)
+#define ZR_ACC(j, ZLOAD)                                                                               \
+    if (NP > j) a##j = _mm512_fmadd_ps(xv, ZLOAD(q##j + at), a##j)
+#define ZR_STORE(j)                                                                                    \
+    if (NP > j) _mm512_storeu_ps(out + 16 * (j), Z_OUT(a##j, j))
+#define DEFINE_ROWN_Z(name, elem_t, ZLOAD, IS_Q8, NP_)                                                 \
     __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c"))) static void name(     \
         float *out, const float *x, const nn_linear *w, int p) {                                       \
-        enum { Q8 = IS_Q8 };                                                                           \
+        enum { Q8 = IS_Q8, NP = NP_ };                                                                 \
         const int K = w->K;                                                                            \
         const size_t len = (size_t)K * NN_PANEL;                                                       \
         const elem_t *q0 = (const elem_t *)w->panels + (size_t)p * K, *q1 = q0 + len, *q2 = q1 + len,  \
                      *q3 = q2 + len, *q4 = q3 + len, *q5 = q4 + len, *q6 = q5 + len, *q7 = q6 + len;   \
-        __m512 a0 = Z_INIT(0), a1 = Z_INIT(1), a2 = Z_INIT(2), a3 = Z_INIT(3);                         \
-        __m512 a4 = Z_INIT(4), a5 = Z_INIT(5), a6 = Z_INIT(6), a7 = Z_INIT(7);                         \
+        __m512 a0 = Z_INIT(0), a1 = NP > 1 ? Z_INIT(1) : a0, a2 = NP > 2 ? Z_INIT(2) : a0;             \
+        __m512 a3 = NP > 3 ? Z_INIT(3) : a0, a4 = NP > 4 ? Z_INIT(4) : a0, a5 = NP > 5 ? Z_INIT(5) : a0; \
+        __m512 a6 = NP > 6 ? Z_INIT(6) : a0, a7 = NP > 7 ? Z_INIT(7) : a0;                             \
         const int per_line = 64 / (int)sizeof(elem_t) / NN_PANEL; /* k steps per cache line */       \
         for (int k = 0; k < K; k++) {                                                                  \
             const size_t at = (size_t)k * NN_PANEL;                                                    \
             if (k % per_line == 0) {                                                                   \
-                const size_t ahead = at + (size_t)PREFETCH_BYTES(sizeof(elem_t)) / sizeof(elem_t);                      \
-                _mm_prefetch((const char *)(q0 + ahead), _MM_HINT_T0);                                 \
-                _mm_prefetch((const char *)(q1 + ahead), _MM_HINT_T0);                                 \
-                _mm_prefetch((const char *)(q2 + ahead), _MM_HINT_T0);                                 \
-                _mm_prefetch((const char *)(q3 + ahead), _MM_HINT_T0);                                 \
-                _mm_prefetch((const char *)(q4 + ahead), _MM_HINT_T0);                                 \
-                _mm_prefetch((const char *)(q5 + ahead), _MM_HINT_T0);                                 \
-                _mm_prefetch((const char *)(q6 + ahead), _MM_HINT_T0);                                 \
-                _mm_prefetch((const char *)(q7 + ahead), _MM_HINT_T0);                                 \
+                const size_t ahead = at + (size_t)PREFETCH_BYTES(sizeof(elem_t)) / sizeof(elem_t);     \
+                ZR_PREFETCH(0);                                                                        \
+                ZR_PREFETCH(1);                                                                        \
+                ZR_PREFETCH(2);                                                                        \
+                ZR_PREFETCH(3);                                                                        \
+                ZR_PREFETCH(4);                                                                        \
+                ZR_PREFETCH(5);                                                                        \
+                ZR_PREFETCH(6);                                                                        \
+                ZR_PREFETCH(7);                                                                        \
             }                                                                                          \
             const __m512 xv = _mm512_set1_ps(x[k]);                                                    \
-            Z8_ACC(0, ZLOAD);                                                                                 \
-            Z8_ACC(1, ZLOAD);                                                                                 \
-            Z8_ACC(2, ZLOAD);                                                                                 \
-            Z8_ACC(3, ZLOAD);                                                                                 \
-            Z8_ACC(4, ZLOAD);                                                                                 \
-            Z8_ACC(5, ZLOAD);                                                                                 \
-            Z8_ACC(6, ZLOAD);                                                                                 \
-            Z8_ACC(7, ZLOAD);                                                                                 \
+            ZR_ACC(0, ZLOAD);                                                                          \
+            ZR_ACC(1, ZLOAD);                                                                          \
+            ZR_ACC(2, ZLOAD);                                                                          \
+            ZR_ACC(3, ZLOAD);                                                                          \
+            ZR_ACC(4, ZLOAD);                                                                          \
+            ZR_ACC(5, ZLOAD);                                                                          \
+            ZR_ACC(6, ZLOAD);                                                                          \
+            ZR_ACC(7, ZLOAD);                                                                          \
         }                                                                                              \
-        _mm512_storeu_ps(out, Z_OUT(a0, 0));                                                           \
-        _mm512_storeu_ps(out + 16, Z_OUT(a1, 1));                                                      \
-        _mm512_storeu_ps(out + 32, Z_OUT(a2, 2));                                                      \
-        _mm512_storeu_ps(out + 48, Z_OUT(a3, 3));                                                      \
-        _mm512_storeu_ps(out + 64, Z_OUT(a4, 4));                                                      \
-        _mm512_storeu_ps(out + 80, Z_OUT(a5, 5));                                                      \
-        _mm512_storeu_ps(out + 96, Z_OUT(a6, 6));                                                      \
-        _mm512_storeu_ps(out + 112, Z_OUT(a7, 7));                                                     \
+        ZR_STORE(0);                                                                                   \
+        ZR_STORE(1);                                                                                   \
+        ZR_STORE(2);                                                                                   \
+        ZR_STORE(3);                                                                                   \
+        ZR_STORE(4);                                                                                   \
+        ZR_STORE(5);                                                                                   \
+        ZR_STORE(6);                                                                                   \
+        ZR_STORE(7);                                                                                   \
     }
+#define DEFINE_ROWS_Z(prefix, elem_t, ZLOAD, IS_Q8)                                                    \
+    DEFINE_ROWN_Z(prefix##1, elem_t, ZLOAD, IS_Q8, 1)                                                  \
+    DEFINE_ROWN_Z(prefix##2, elem_t, ZLOAD, IS_Q8, 2)                                                  \
+    DEFINE_ROWN_Z(prefix##3, elem_t, ZLOAD, IS_Q8, 3)                                                  \
+    DEFINE_ROWN_Z(prefix##4, elem_t, ZLOAD, IS_Q8, 4)                                                  \
+    DEFINE_ROWN_Z(prefix##5, elem_t, ZLOAD, IS_Q8, 5)                                                  \
+    DEFINE_ROWN_Z(prefix##6, elem_t, ZLOAD, IS_Q8, 6)                                                  \
+    DEFINE_ROWN_Z(prefix##7, elem_t, ZLOAD, IS_Q8, 7)                                                  \
+    DEFINE_ROWN_Z(prefix##8, elem_t, ZLOAD, IS_Q8, 8)                                                  \
+    static void (*const prefix[9])(float *, const float *, const nn_linear *, int) = {                 \
+        NULL, prefix##1, prefix##2, prefix##3, prefix##4, prefix##5, prefix##6, prefix##7, prefix##8};
 
 DEFINE_TILE4_Z(tile4_f32_avx512, float, ZLOAD_F32, 0)
 DEFINE_TILE4_Z(tile4_f16_avx512, uint16_t, ZLOAD_F16, 0)
@@ -501,34 +525,36 @@ DEFINE_TILE4_Z(tile4_q8_avx512, int8_t, ZLOAD_Q8, 1)
 DEFINE_TILE1_Z(tile1_f32_avx512, float, ZLOAD_F32, 0)
 DEFINE_TILE1_Z(tile1_f16_avx512, uint16_t, ZLOAD_F16, 0)
 DEFINE_TILE1_Z(tile1_q8_avx512, int8_t, ZLOAD_Q8, 1)
-DEFINE_ROW8_Z(row8_f32_avx512, float, ZLOAD_F32, 0)
-DEFINE_ROW8_Z(row8_f16_avx512, uint16_t, ZLOAD_F16, 0)
-DEFINE_ROW8_Z(row8_q8_avx512, int8_t, ZLOAD_Q8, 1)
+DEFINE_ROWS_Z(rows_f32_avx512, float, ZLOAD_F32, 0)
+DEFINE_ROWS_Z(rows_f16_avx512, uint16_t, ZLOAD_F16, 0)
+DEFINE_ROWS_Z(rows_q8_avx512, int8_t, ZLOAD_Q8, 1)
 #endif
 
 typedef void (*row_fn)(float *out, const float *x, const nn_linear *w, int p);
 
 /* A kernel family for one weight type: a tile of `group` panels (group 1: tile1 itself) and a
- * single-row kernel over row_panels panels (NULL: single rows go through the tiles). */
+ * single-row kernel over row_panels panels (NULL: single rows go through the tiles), with
+ * row_short[n] for a last group of n < row_panels panels (NULL: tile1 panel by panel). */
 typedef struct {
     tile_fn tile1, tile_group;
     int group;
     row_fn row;
     int row_panels;
+    row_fn const *row_short;
 } kernels;
 
 static kernels pick_kernels(nn_weight_type type) {
-    kernels k = {tile_portable, tile_portable, 1, NULL, 0};
+    kernels k = {tile_portable, tile_portable, 1, NULL, 0, NULL};
 #ifdef NN_HAVE_X86
     const nn_isa isa = nn_cpu_isa();
     if (isa == NN_ISA_AVX512) {
-        if (type == NN_F32) k = (kernels){tile1_f32_avx512, tile4_f32_avx512, 4, row8_f32_avx512, 8};
-        if (type == NN_F16) k = (kernels){tile1_f16_avx512, tile4_f16_avx512, 4, row8_f16_avx512, 8};
-        if (type == NN_Q8) k = (kernels){tile1_q8_avx512, tile4_q8_avx512, 4, row8_q8_avx512, 8};
+        if (type == NN_F32) k = (kernels){tile1_f32_avx512, tile4_f32_avx512, 4, rows_f32_avx512[8], 8, rows_f32_avx512};
+        if (type == NN_F16) k = (kernels){tile1_f16_avx512, tile4_f16_avx512, 4, rows_f16_avx512[8], 8, rows_f16_avx512};
+        if (type == NN_Q8) k = (kernels){tile1_q8_avx512, tile4_q8_avx512, 4, rows_q8_avx512[8], 8, rows_q8_avx512};
     } else if (isa == NN_ISA_AVX2) {
-        if (type == NN_F32) k = (kernels){tile_f32_avx2, tile_f32_avx2, 1, row4_f32_avx2, 4};
-        if (type == NN_Q8) k = (kernels){tile_q8_avx2, tile_q8_avx2, 1, row4_q8_avx2, 4};
-        if (type == NN_F16 && nn_cpu_has_f16c()) k = (kernels){tile_f16_avx2, tile_f16_avx2, 1, row4_f16_avx2, 4};
+        if (type == NN_F32) k = (kernels){tile_f32_avx2, tile_f32_avx2, 1, row4_f32_avx2, 4, NULL};
+        if (type == NN_Q8) k = (kernels){tile_q8_avx2, tile_q8_avx2, 1, row4_q8_avx2, 4, NULL};
+        if (type == NN_F16 && nn_cpu_has_f16c()) k = (kernels){tile_f16_avx2, tile_f16_avx2, 1, row4_f16_avx2, 4, NULL};
     }
 #endif
     return k;
@@ -574,7 +600,8 @@ static void run_row(const kernels *kern, float *y, const float *x, const nn_line
     const int p0 = g * kern->row_panels;
     const int count = n_panels - p0 < kern->row_panels ? n_panels - p0 : kern->row_panels;
     const int n0 = p0 * NN_PANEL, width = count * NN_PANEL, cols = w->N - n0 < width ? w->N - n0 : width;
-    if (count < kern->row_panels) {
+    const row_fn row = count == kern->row_panels ? kern->row : kern->row_short ? kern->row_short[count] : NULL;
+    if (!row) {
         float scratch[NN_PANEL];
         for (int p = p0; p < p0 + count; p++) {
             const int m0 = p * NN_PANEL, c = w->N - m0 < NN_PANEL ? w->N - m0 : NN_PANEL;
@@ -582,10 +609,10 @@ static void run_row(const kernels *kern, float *y, const float *x, const nn_line
             memcpy(y + m0, scratch, (size_t)c * sizeof *y);
         }
     } else if (cols == width) {
-        kern->row(y + n0, x, w, n0);
+        row(y + n0, x, w, n0);
     } else {
         float scratch[MAX_GROUP * NN_PANEL];
-        kern->row(scratch, x, w, n0);
+        row(scratch, x, w, n0);
         memcpy(y + n0, scratch, (size_t)cols * sizeof *y);
     }
 }

@@ -66,6 +66,8 @@ void nn_linear_free(nn_linear *w);
 size_t nn_linear_packed_floats(int K, int N);
 void nn_linear_view_f32(nn_linear *w, float *panels, const float *zero_bias, const float *src, size_t src_stride,
                         int stored_nk, int K, int N);
+/* The layer over panels packed earlier by nn_linear_view_f32 (same K, N), without packing. */
+nn_linear nn_linear_wrap_f32(float *panels, const float *zero_bias, int K, int N);
 
 /* out[k] = W[k][n] for k < K, dequantised (·s[n] for NN_Q8): one column of the weight, read
  * back from the panels (a tied GPT-2 looks its token embeddings up in the packed output

@@ -78,15 +78,18 @@ static void check_image(const xcap_model *m, const char *model_name, const char 
     rc = decoder_run_init(&dr, c, 1, steps + 1, err, sizeof err);
     CHECK(rc == 0, "decoder_run_init: %s", err);
     decoder_cross_kv(m, &dr, memory);
+    float *cross_k = malloc((size_t)M * E * sizeof *cross_k), *cross_v = malloc((size_t)M * E * sizeof *cross_v);
     for (int l = 0; l < DL; l++) {
         char name[64];
+        decoder_cross_kv_read(m, &dr, 0, l, cross_k, cross_v);
         snprintf(name, sizeof name, "cross_k_%d.npy", l);
         snprintf(what, sizeof what, "%s %s cross K layer %d", model_name, image_path, l);
-        check_close_npy(what, dr.cross_k + (size_t)l * M * E, (size_t)M * E, golden(gdir, name), TOL);
+        check_close_npy(what, cross_k, (size_t)M * E, golden(gdir, name), TOL);
         snprintf(name, sizeof name, "cross_v_%d.npy", l);
         snprintf(what, sizeof what, "%s %s cross V layer %d", model_name, image_path, l);
-        check_close_npy(what, dr.cross_v + (size_t)l * M * E, (size_t)M * E, golden(gdir, name), TOL);
+        check_close_npy(what, cross_v, (size_t)M * E, golden(gdir, name), TOL);
     }
+    free(cross_k), free(cross_v);
     float *logits = malloc((size_t)V * sizeof *logits), *maps = malloc((size_t)DL * H * M * sizeof *maps);
     int32_t token = c->decoder_start_token_id;
     float worst_logit = 0, worst_attn = 0, worst_row = 0;

@@ -11,6 +11,9 @@
 /* Zero-sized buffers (a model with no layers) still get a valid pointer. */
 static float *alloc_floats(size_t n) { return malloc((n ? n : 1) * sizeof(float)); }
 
+/* 64-byte aligned, as the packed layers' loads need. */
+static float *aligned_floats(size_t n) { return aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64); }
+
 int decoder_run_init_images(decoder_run *r, const xcap_config *c, int max_slots, int max_pos, int max_images,
                             char *err, size_t errlen) {
     memset(r, 0, sizeof *r);
@@ -25,8 +28,13 @@ int decoder_run_init_images(decoder_run *r, const xcap_config *c, int max_slots,
     r->n_memory = (int)M;
     r->self_k = alloc_floats(L * S * T * E);
     r->self_v = alloc_floats(L * S * T * E);
-    r->cross_k = alloc_floats(I * L * M * E);
-    r->cross_v = alloc_floats(I * L * M * E);
+    size_t Hd = c->dec_heads, hd = E / Hd;
+    r->cross_k_floats = nn_linear_packed_floats((int)hd, (int)M);
+    r->cross_v_floats = nn_linear_packed_floats((int)M, (int)hd);
+    size_t zeros = ((M > hd ? M : hd) + 15) / 16 * 16;
+    r->cross = aligned_floats(I * L * Hd * (r->cross_k_floats + r->cross_v_floats));
+    r->zeros = aligned_floats(zeros);
+    if (r->zeros) memset(r->zeros, 0, zeros * sizeof(float));
     r->x = alloc_floats(S * E);
     r->xn = alloc_floats(S * E);
     r->qkv = alloc_floats(S * 3 * E);
@@ -37,7 +45,7 @@ int decoder_run_init_images(decoder_run *r, const xcap_config *c, int max_slots,
     r->ff = alloc_floats(S * F);
     r->self_probs = alloc_floats(H * T);
     r->cross_probs = alloc_floats(L * S * H * M);
-    if (!r->self_k || !r->self_v || !r->cross_k || !r->cross_v || !r->x || !r->xn || !r->qkv || !r->q || !r->attn ||
+    if (!r->self_k || !r->self_v || !r->cross || !r->zeros || !r->x || !r->xn || !r->qkv || !r->q || !r->attn ||
         !r->ff || !r->self_probs || !r->cross_probs || !r->cross_kv || !r->reorder_tmp) {
         decoder_run_free(r);
         return xcap_fail(err, errlen, XCAP_ERR_NOMEM,
@@ -54,8 +62,8 @@ int decoder_run_init(decoder_run *r, const xcap_config *c, int max_slots, int ma
 void decoder_run_free(decoder_run *r) {
     free(r->self_k);
     free(r->self_v);
-    free(r->cross_k);
-    free(r->cross_v);
+    free(r->cross);
+    free(r->zeros);
     free(r->x);
     free(r->xn);
     free(r->qkv);
@@ -69,23 +77,71 @@ void decoder_run_free(decoder_run *r) {
     memset(r, 0, sizeof *r);
 }
 
-/* Where image i's layer-l cross keys (or values) start. */
-static size_t cross_offset(const xcap_config *c, const decoder_run *r, int image, int layer) {
-    return (((size_t)image * c->dec_layers + layer) * r->n_memory) * c->dec_hidden;
+/* Image i's layer-l head-h packed keys; its values follow them. */
+static float *cross_head(const xcap_config *c, const decoder_run *r, int image, int layer, int head) {
+    size_t index = ((size_t)image * c->dec_layers + layer) * c->dec_heads + head;
+    return r->cross + index * (r->cross_k_floats + r->cross_v_floats);
+}
+
+/* The head's keys as a layer hd -> M (scores = q·Kᵀ) and its values as a layer M -> hd. */
+static void cross_layers(const xcap_config *c, const decoder_run *r, int image, int layer, int head, nn_linear *keys,
+                         nn_linear *values) {
+    int hd = c->dec_hidden / c->dec_heads, M = r->n_memory;
+    float *at = cross_head(c, r, image, layer, head);
+    *keys = nn_linear_wrap_f32(at, r->zeros, hd, M);
+    *values = nn_linear_wrap_f32(at + r->cross_k_floats, r->zeros, M, hd);
 }
 
 void decoder_cross_kv_image(const xcap_model *m, decoder_run *r, int image, const float *memory) {
     const xcap_config *c = &m->cfg;
-    size_t M = r->n_memory, E = c->dec_hidden;
+    int M = r->n_memory, E = c->dec_hidden, H = c->dec_heads, hd = E / H;
     float *kv = r->cross_kv;
     for (int l = 0; l < c->dec_layers; l++) {
         const gpt2_layer_weights *w = &m->dec.layers[l];
-        nn_linear_forward(kv, 2 * E, memory, E, &w->cross_kv, (int)M);
-        float *k = r->cross_k + cross_offset(c, r, image, l), *v = r->cross_v + cross_offset(c, r, image, l);
-        for (size_t t = 0; t < M; t++) {
-            memcpy(k + t * E, kv + t * 2 * E, E * sizeof *k);
-            memcpy(v + t * E, kv + t * 2 * E + E, E * sizeof *v);
+        nn_linear_forward(kv, 2 * (size_t)E, memory, E, &w->cross_kv, M);
+#pragma omp parallel for if ((size_t)M * E > 65536)
+        for (int h = 0; h < H; h++) {
+            float *at = cross_head(c, r, image, l, h);
+            nn_linear unused;
+            nn_linear_view_f32(&unused, at, r->zeros, kv + (size_t)h * hd, 2 * (size_t)E, 1, hd, M);
+            nn_linear_view_f32(&unused, at + r->cross_k_floats, r->zeros, kv + E + (size_t)h * hd, 2 * (size_t)E, 0, M,
+                               hd);
         }
+    }
+}
+
+void decoder_cross_kv_read(const xcap_model *m, const decoder_run *r, int image, int layer, float *k, float *v) {
+    const xcap_config *c = &m->cfg;
+    int M = r->n_memory, E = c->dec_hidden, H = c->dec_heads, hd = E / H;
+    float column[M > hd ? M : hd];
+    for (int h = 0; h < H; h++) {
+        nn_linear keys, values;
+        cross_layers(c, r, image, layer, h, &keys, &values);
+        for (int j = 0; j < M; j++) { /* key j: column j of the keys layer */
+            nn_linear_column(&keys, j, column);
+            memcpy(k + (size_t)j * E + (size_t)h * hd, column, (size_t)hd * sizeof *k);
+        }
+        for (int d = 0; d < hd; d++) { /* dimension d of every value: column d of the values layer */
+            nn_linear_column(&values, d, column);
+            for (int j = 0; j < M; j++) v[(size_t)j * E + (size_t)h * hd + d] = column[j];
+        }
+    }
+}
+
+/* One row's cross-attention to its image: per head, the scores q_h·K_hᵀ (one fma chain per key
+ * over the head's dimensions, as the encoder's attention), scaled, softmax, and p·V_h. */
+static void cross_attention(const xcap_config *c, const decoder_run *r, int image, int layer, const float *q,
+                            float *out, float *maps, float scale) {
+    const int M = r->n_memory, H = c->dec_heads, hd = c->dec_hidden / H;
+#pragma omp parallel for if ((size_t)H * M * hd > 32768)
+    for (int h = 0; h < H; h++) {
+        nn_linear keys, values;
+        cross_layers(c, r, image, layer, h, &keys, &values);
+        float *p = maps + (size_t)h * M;
+        nn_linear_forward(p, (size_t)M, q + (size_t)h * hd, (size_t)hd, &keys, 1);
+        for (int j = 0; j < M; j++) p[j] *= scale;
+        softmax(p, M);
+        nn_linear_forward(out + (size_t)h * hd, (size_t)hd, p, (size_t)M, &values, 1);
     }
 }
 
@@ -147,10 +203,8 @@ int decoder_step_rows(const xcap_model *m, decoder_run *r, const int32_t *tokens
         layernorm(r->xn, r->x, w->ln_cross_w, w->ln_cross_b, n_rows, E, c->dec_eps);
         nn_linear_forward(r->q, E, r->xn, E, &w->cross_q, n_rows);
         for (int i = 0; i < n_rows; i++) {
-            size_t img = cross_offset(c, r, image ? image[i] : 0, l);
             float *maps = r->cross_probs + (((size_t)l * r->max_slots + slot[i]) * H) * M;
-            attention(r->attn + (size_t)i * E, E, maps, r->q + (size_t)i * E, E, r->cross_k + img, E, r->cross_v + img, E,
-                      1, M, H, hd, scale, 0, 0);
+            cross_attention(c, r, image ? image[i] : 0, l, r->q + (size_t)i * E, r->attn + (size_t)i * E, maps, scale);
         }
         nn_linear_forward(r->xn, E, r->attn, E, &w->cross_proj, n_rows);
         add_inplace(r->x, r->xn, (size_t)n_rows * E);

@@ -11,7 +11,13 @@
 typedef struct {
     int max_slots, max_pos, max_images, n_memory;
     float *self_k, *self_v;   /* [layers][slots][max_pos][E] self-attention cache */
-    float *cross_k, *cross_v; /* [images][layers][M][E] from each image's memory */
+    /* Each image's cross-attention keys and values, per layer and head, packed as the weights
+     * of two linear layers (nn/linear.h), so that a step's scores q·Kᵀ and output p·V run
+     * through the matrix-vector kernels: [images][layers][heads] × (keys: hd inputs -> M
+     * outputs, cross_k_floats; values: M inputs -> hd outputs, cross_v_floats). */
+    float *cross;
+    size_t cross_k_floats, cross_v_floats;
+    float *zeros; /* the packed layers' bias: max(M, hd) rounded up to a panel, all 0 */
     float *x, *xn, *qkv, *q, *attn, *ff; /* per-step activations, one row per running sequence */
     float *self_probs;        /* [H][max_pos] scratch */
     float *cross_probs;       /* [layers][slots][H][M]: the latest step's cross-attention maps, by slot */
@@ -31,6 +37,10 @@ void decoder_run_free(decoder_run *r);
  * the decoder width): K|V = memory·W_c_attn + b for every layer. Done once per image. */
 void decoder_cross_kv_image(const xcap_model *m, decoder_run *r, int image, const float *memory);
 void decoder_cross_kv(const xcap_model *m, decoder_run *r, const float *memory); /* image 0 */
+
+/* Image `image`'s layer-l cross-attention keys and values read back from the packed cache as
+ * [M][E] rows (heads side by side), the layout of the reference (tests compare them). */
+void decoder_cross_kv_read(const xcap_model *m, const decoder_run *r, int image, int layer, float *k, float *v);
 
 /* One position for n_rows running sequences: tokens[i] enters cache slot slot[i] at position
  * pos, and attends to image image[i] (NULL: all image 0). Logits [n_rows,V] in row order;
