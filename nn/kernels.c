@@ -182,11 +182,6 @@ static float exp_one(float arg) {
     return arg < -87.0f ? 0.0f : e * two_n;
 }
 
-/* x[i] = exp(x[i] - shift) */
-static void exp_shifted_portable(float *x, int n, float shift) {
-    for (int i = 0; i < n; i++) x[i] = exp_one(x[i] - shift);
-}
-
 #if defined(__x86_64__)
 #define EXP_VEC(vec, ivec, set1, sub, mul, add, fmadd, min, max, round, cvt, iadd, iset1, slli, cast)       \
     do {                                                                                               \
@@ -209,65 +204,134 @@ static void exp_shifted_portable(float *x, int n, float shift) {
 #define ZERO_BELOW_512(y, a, lo) _mm512_maskz_mov_ps(~_mm512_cmp_ps_mask(a, lo, _CMP_LT_OQ), y)
 #define ROUND256(v) _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define ROUND512(v) _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-
-__attribute__((target("avx2,fma"))) static void exp_shifted_avx2(float *x, int n, float shift) {
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 xv = _mm256_loadu_ps(x + i);
-        __m256 yv;
-#define ZERO_BELOW ZERO_BELOW_256
-        EXP_VEC(__m256, __m256i, _mm256_set1_ps, _mm256_sub_ps, _mm256_mul_ps, _mm256_add_ps, _mm256_fmadd_ps,
-                _mm256_min_ps, _mm256_max_ps, ROUND256, _mm256_cvtps_epi32, _mm256_add_epi32, _mm256_set1_epi32,
-                _mm256_slli_epi32, _mm256_castsi256_ps);
-#undef ZERO_BELOW
-        _mm256_storeu_ps(x + i, yv);
-    }
-    exp_shifted_portable(x + i, n - i, shift);
-}
-
-__attribute__((target("avx512f"))) static void exp_shifted_avx512(float *x, int n, float shift) {
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __m512 xv = _mm512_loadu_ps(x + i);
-        __m512 yv;
-#define ZERO_BELOW ZERO_BELOW_512
-        EXP_VEC(__m512, __m512i, _mm512_set1_ps, _mm512_sub_ps, _mm512_mul_ps, _mm512_add_ps, _mm512_fmadd_ps,
-                _mm512_min_ps, _mm512_max_ps, ROUND512, _mm512_cvtps_epi32, _mm512_add_epi32, _mm512_set1_epi32,
-                _mm512_slli_epi32, _mm512_castsi512_ps);
-#undef ZERO_BELOW
-        _mm512_storeu_ps(x + i, yv);
-    }
-    exp_shifted_portable(x + i, n - i, shift);
-}
+#define EXP_VEC_256                                                                                    \
+    EXP_VEC(__m256, __m256i, _mm256_set1_ps, _mm256_sub_ps, _mm256_mul_ps, _mm256_add_ps, _mm256_fmadd_ps,     \
+            _mm256_min_ps, _mm256_max_ps, ROUND256, _mm256_cvtps_epi32, _mm256_add_epi32, _mm256_set1_epi32,   \
+            _mm256_slli_epi32, _mm256_castsi256_ps)
+#define EXP_VEC_512                                                                                    \
+    EXP_VEC(__m512, __m512i, _mm512_set1_ps, _mm512_sub_ps, _mm512_mul_ps, _mm512_add_ps, _mm512_fmadd_ps,     \
+            _mm512_min_ps, _mm512_max_ps, ROUND512, _mm512_cvtps_epi32, _mm512_add_epi32, _mm512_set1_epi32,   \
+            _mm512_slli_epi32, _mm512_castsi512_ps)
 #endif
 
-/* The sum in one fixed order: 16 running sums (lane l takes i = l, l+16, ... below the last
- * multiple of 16), folded (l, l+8), (l, l+4), (l, l+2), (0, 1), plus the tail in order. */
-static float sum_fixed(const float *x, int n) {
+/* softmax(scale·x) in place, in three passes: x = scale·x and its maximum; x = exp(x - max) and
+ * the sum in one fixed order (16 running sums, lane l taking i = l, l+16, ... below the last
+ * multiple of 16, folded (l, l+8), (l, l+4), (l, l+2), (0, 1), plus the tail in order); x / sum
+ * as x·(1/sum). The maximum ignores NaN (x > max), the vector max is written to match. */
+static void softmax_portable(float *x, int n, float scale) {
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        x[i] *= scale;
+        mx = x[i] > mx ? x[i] : mx;
+    }
     float acc[16] = {0};
     int i = 0;
     for (; i + 16 <= n; i += 16)
-        for (int l = 0; l < 16; l++) acc[l] += x[i + l];
+        for (int l = 0; l < 16; l++) acc[l] += x[i + l] = exp_one(x[i + l] - mx);
     for (int w = 8; w >= 1; w /= 2)
         for (int l = 0; l < w; l++) acc[l] += acc[l + w];
     float tail = 0.0f;
-    for (; i < n; i++) tail += x[i];
-    return acc[0] + tail;
+    for (; i < n; i++) tail += x[i] = exp_one(x[i] - mx);
+    const float inv = 1.0f / (acc[0] + tail);
+    for (int j = 0; j < n; j++) x[j] *= inv;
 }
 
-void softmax(float *x, int n) {
-    float mx = -INFINITY;
-    for (int i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
-    void (*exp_shifted)(float *, int, float) = exp_shifted_portable;
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) static void softmax_avx2(float *x, int n, float scale) {
+    const __m256 sv = _mm256_set1_ps(scale);
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), sv);
+        _mm256_storeu_ps(x + i, v);
+        vmax = _mm256_max_ps(v, vmax); /* v > max ? v : max */
+    }
+    float lanes[8], mx = -INFINITY;
+    _mm256_storeu_ps(lanes, vmax);
+    for (int l = 0; l < 8; l++) mx = lanes[l] > mx ? lanes[l] : mx;
+    for (; i < n; i++) {
+        x[i] *= scale;
+        mx = x[i] > mx ? x[i] : mx;
+    }
+    const float shift = mx;
+    __m256 lo = _mm256_setzero_ps(), hi = lo;
+    for (i = 0; i + 16 <= n; i += 16) {
+        __m256 xv = _mm256_loadu_ps(x + i), yv;
+#define ZERO_BELOW ZERO_BELOW_256
+        EXP_VEC_256;
+        _mm256_storeu_ps(x + i, yv);
+        lo = _mm256_add_ps(lo, yv);
+        xv = _mm256_loadu_ps(x + i + 8);
+        EXP_VEC_256;
+#undef ZERO_BELOW
+        _mm256_storeu_ps(x + i + 8, yv);
+        hi = _mm256_add_ps(hi, yv);
+    }
+    __m256 s8 = _mm256_add_ps(lo, hi);                                                       /* (l, l+8) */
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));       /* (l, l+4) */
+    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));                                       /* (l, l+2) */
+    float sum = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));                   /* (0, 1) */
+    float tail = 0.0f;
+    for (; i < n; i++) tail += x[i] = exp_one(x[i] - mx);
+    const __m256 inv = _mm256_set1_ps(1.0f / (sum + tail));
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+    for (; i < n; i++) x[i] *= _mm256_cvtss_f32(inv);
+}
+
+__attribute__((target("avx512f"))) static void softmax_avx512(float *x, int n, float scale) {
+    const __m512 sv = _mm512_set1_ps(scale);
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), sv);
+        _mm512_storeu_ps(x + i, v);
+        vmax = _mm512_max_ps(v, vmax); /* v > max ? v : max */
+    }
+    float mx = _mm512_reduce_max_ps(vmax);
+    for (; i < n; i++) {
+        x[i] *= scale;
+        mx = x[i] > mx ? x[i] : mx;
+    }
+    const float shift = mx;
+    __m512 acc = _mm512_setzero_ps();
+    for (i = 0; i + 16 <= n; i += 16) {
+        const __m512 xv = _mm512_loadu_ps(x + i);
+        __m512 yv;
+#define ZERO_BELOW ZERO_BELOW_512
+        EXP_VEC_512;
+#undef ZERO_BELOW
+        _mm512_storeu_ps(x + i, yv);
+        acc = _mm512_add_ps(acc, yv);
+    }
+    __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1))); /* (l, l+8) */
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));       /* (l, l+4) */
+    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));                                       /* (l, l+2) */
+    float sum = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));                   /* (0, 1) */
+    float tail = 0.0f;
+    for (; i < n; i++) tail += x[i] = exp_one(x[i] - mx);
+    const float inv_s = 1.0f / (sum + tail);
+    const __m512 inv = _mm512_set1_ps(inv_s);
+    for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
+    for (; i < n; i++) x[i] *= inv_s;
+}
+#endif
+
+void softmax_scaled(float *x, int n, float scale) {
 #if defined(__x86_64__)
     const nn_isa isa = nn_cpu_isa();
-    if (isa == NN_ISA_AVX512) exp_shifted = exp_shifted_avx512;
-    if (isa == NN_ISA_AVX2) exp_shifted = exp_shifted_avx2;
+    if (isa == NN_ISA_AVX512) {
+        softmax_avx512(x, n, scale);
+        return;
+    }
+    if (isa == NN_ISA_AVX2) {
+        softmax_avx2(x, n, scale);
+        return;
+    }
 #endif
-    exp_shifted(x, n, mx);
-    const float inv = 1.0f / sum_fixed(x, n);
-    for (int i = 0; i < n; i++) x[i] *= inv;
+    softmax_portable(x, n, scale);
 }
+
+void softmax(float *x, int n) { softmax_scaled(x, n, 1.0f); }
 
 /* GPT-2's gelu_new, ½x(1 + tanh(u)) with u = √(2/π)(x + 0.044715x³), computed as x / (1 + e^(-2u))
  * (the same function: 1 + tanh(u) = 2 / (1 + e^(-2u))), which has no cancellation for negative
@@ -423,11 +487,7 @@ static void attention_rows(float *out, int out_stride, float *probs, const float
                         ph[(size_t)i * Tk + j] = acc;
                     }
             }
-            for (int i = 0; i < Tq; i++) {
-                float *p = ph + (size_t)i * Tk;
-                for (int j = 0; j < Tk; j++) p[j] *= scale;
-                softmax(p, Tk);
-            }
+            for (int i = 0; i < Tq; i++) softmax_scaled(ph + (size_t)i * Tk, Tk, scale);
             if (work) {
                 nn_linear_view_f32(&layer, work + kp, work + kp + vp, vh, (size_t)v_stride, 0, Tk, hd);
                 nn_linear_forward(oh, (size_t)out_stride, ph, (size_t)Tk, &layer, Tq);

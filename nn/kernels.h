@@ -20,8 +20,11 @@ void gelu_tanh(float *x, size_t n);
 /* y += x */
 void add_inplace(float *y, const float *x, size_t n);
 
-/* In-place softmax of one row, max-subtracted, fp32. */
+/* In-place softmax of one row, max-subtracted, fp32; softmax_scaled takes softmax(scale·x) (the
+ * product rounded first, as scaling the row before would). The sum runs in one fixed order, the
+ * exponential is xcap's own (nn/kernels.c), so every instruction set gives the same bits. */
 void softmax(float *x, int n);
+void softmax_scaled(float *x, int n, float scale);
 
 /* Dot product in one fixed order on every machine: 8 lane sums (lane l takes elements l, l+8,
  * ...) folded (l, l+4), (l, l+2), (0, 1), then plus the in-order sum of the tail past the last

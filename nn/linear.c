@@ -161,12 +161,17 @@ void nn_linear_view_f32(nn_linear *w, float *panels, const float *zero_bias, con
     const int n_panels = (int)(padded(N) / NN_PANEL);
     for (int p = 0; p < n_panels; p++) {
         float *out = panels + (size_t)p * K * NN_PANEL;
-        for (int k = 0; k < K; k++)
-            for (int j = 0; j < NN_PANEL; j++) {
-                const int n = p * NN_PANEL + j;
-                out[(size_t)k * NN_PANEL + j] =
-                    n >= N ? 0.0f : stored_nk ? src[(size_t)n * src_stride + k] : src[(size_t)k * src_stride + n];
+        const int n0 = p * NN_PANEL, cols = N - n0 < NN_PANEL ? N - n0 : NN_PANEL;
+        if (cols < NN_PANEL) memset(out, 0, (size_t)K * NN_PANEL * sizeof *out);
+        if (stored_nk) { /* a source row per column: read it along, write down the panel */
+            for (int j = 0; j < cols; j++) {
+                const float *row = src + (size_t)(n0 + j) * src_stride;
+                for (int k = 0; k < K; k++) out[(size_t)k * NN_PANEL + j] = row[k];
             }
+        } else {
+            for (int k = 0; k < K; k++)
+                memcpy(out + (size_t)k * NN_PANEL, src + (size_t)k * src_stride + n0, (size_t)cols * sizeof *out);
+        }
     }
     *w = nn_linear_wrap_f32(panels, zero_bias, K, N);
 }

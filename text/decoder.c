@@ -139,8 +139,7 @@ static void cross_attention(const xcap_config *c, const decoder_run *r, int imag
         cross_layers(c, r, image, layer, h, &keys, &values);
         float *p = maps + (size_t)h * M;
         nn_linear_forward(p, (size_t)M, q + (size_t)h * hd, (size_t)hd, &keys, 1);
-        for (int j = 0; j < M; j++) p[j] *= scale;
-        softmax(p, M);
+        softmax_scaled(p, M, scale);
         nn_linear_forward(out + (size_t)h * hd, (size_t)hd, p, (size_t)M, &values, 1);
     }
 }
