@@ -157,6 +157,8 @@ def derive(engines, machine, numbers):
         gbs = decoder_bytes(numbers, name) / tok * 1e-9 if tok else None
         r[f"{name}_encoder_gflops"] = gflops
         r[f"{name}_encoder_of_sgemm"] = ratio(gflops, machine.get("sgemm_encoder_gflops"))
+        peak = max(machine.get("fma_peak_avx2_gflops") or 0, machine.get("fma_peak_avx512_gflops") or 0)
+        r[f"{name}_encoder_of_peak"] = ratio(gflops, peak or None)
         r[f"{name}_decoder_weight_gbs"] = gbs
         r[f"{name}_decoder_of_bandwidth"] = ratio(gbs, machine.get("bandwidth_gbs"))
     x = engines.get("xcap")
@@ -218,13 +220,15 @@ def markdown(label, info, per_threads):
         m = d["machine"] or {}
         lines.append(f"| {t} | {fmt(m.get('sgemm_encoder_gflops'))} | {fmt(m.get('fma_peak_avx2_gflops'))} / "
                      f"{fmt(m.get('fma_peak_avx512_gflops'))} | {fmt(m.get('bandwidth_gbs'))} |")
-    lines += ["", "| engine | threads | encoder GFLOP/s | of sgemm | decoder weight GB/s | of bandwidth |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| engine | threads | encoder GFLOP/s | of sgemm | of FMA peak | decoder weight GB/s | of bandwidth |",
+              "|---|---|---|---|---|---|---|"]
     for n in engines:
         for t, d in per_threads.items():
             r = d["ratios"]
             lines.append(f"| {ENGINE_NAMES[n]} | {t} | {fmt(r[f'{n}_encoder_gflops'])} | {pct(r[f'{n}_encoder_of_sgemm'])} "
+                         f"| {pct(r[f'{n}_encoder_of_peak'])} "
                          f"| {fmt(r[f'{n}_decoder_weight_gbs'])} | {pct(r[f'{n}_decoder_of_bandwidth'])} |")
+    lines += acceptance(info, per_threads)
     lines.append("")
     for t, d in per_threads.items():
         r = d["ratios"]
@@ -245,6 +249,32 @@ def markdown(label, info, per_threads):
               "its captions and batch leave out preprocessing (and file decoding), and it has no beam search here; "
               "xcap and PyTorch captions include preprocessing, their batch runs file decoding too."]
     return "\n".join(lines) + "\n"
+
+
+def acceptance(info, per_threads):
+    """Issue 8's acceptance lines, read off this run at 2 threads (the largest count when 2 was
+    not run): each number, its bar and whether it holds."""
+    t = 2 if 2 in per_threads else max(per_threads)
+    d = per_threads[t]
+    r, e = d["ratios"], d["engines"]
+
+    def row(what, value, bar, shown):
+        held = "-" if value is None else ("holds" if value >= bar else "misses")
+        return f"| {what} | {shown(value)} | {shown(bar)} | {held} |"
+
+    def times(v):
+        return "-" if v is None else f"{v:.2f}x"
+
+    rows = [row("greedy caption, xcap fp32 vs PyTorch", (r.get("xcap_speedup_vs_pytorch") or {}).get("greedy16"), 1.5, times),
+            row("greedy caption, xcap q8 vs PyTorch", (r.get("xcap-q8_speedup_vs_pytorch") or {}).get("greedy16"), 3.0, times),
+            row("encoder, xcap vs ONNX Runtime", (r.get("xcap_speedup_vs_onnxruntime") or {}).get("encoder"), 1.0, times),
+            row("encoder, xcap of the sgemm rate", r.get("xcap_encoder_of_sgemm"), 0.7, pct),
+            row("decoder step, xcap fp32 weight bytes/s of bandwidth", r.get("xcap_decoder_of_bandwidth"), 0.7, pct),
+            row("decoder step, xcap q8 weight bytes/s of bandwidth", r.get("xcap-q8_decoder_of_bandwidth"), 0.7, pct)]
+    extra = r.get("xcap_rss_minus_file_mb")
+    rows.append(f"| peak RSS fp32 minus model file | {fmt(extra)} MB | 100 MB | "
+                f"{'-' if extra is None else 'holds' if extra <= 100 else 'misses'} |")
+    return ["", f"Issue 8's bars at {t} thread(s):", "", "| measure | this run | bar | |", "|---|---|---|---|"] + rows
 
 
 def machine_info(run_dir):
