@@ -385,7 +385,7 @@ DEFINE_ROW4(row4_q8_avx2, "avx2,fma", int8_t, LOAD_Q8, 1)
 #define Z_INIT(j) (Q8 ? _mm512_setzero_ps() : _mm512_load_ps(w->bias + p + 16 * (j)))
 
 /* Four panels (p: the first one's first column) × up to TILE_ROWS rows. */
-#define DEFINE_TILE4_Z(name, elem_t, ZLOAD, IS_Q8)                                                        \
+#define DEFINE_TILE4_Z(name, elem_t, ZLOAD, IS_Q8, STREAM)                                                \
     __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c"))) static void name(     \
         float *out, size_t out_stride, const float *x, size_t x_stride, const nn_linear *w, int p,     \
         int rows) {                                                                                    \
@@ -400,8 +400,16 @@ DEFINE_ROW4(row4_q8_avx2, "avx2,fma", int8_t, LOAD_Q8, 1)
         __m512 a00 = i0, a01 = i1, a02 = i2, a03 = i3, a10 = i0, a11 = i1, a12 = i2, a13 = i3;         \
         __m512 a20 = i0, a21 = i1, a22 = i2, a23 = i3, a30 = i0, a31 = i1, a32 = i2, a33 = i3;         \
         __m512 a40 = i0, a41 = i1, a42 = i2, a43 = i3, a50 = i0, a51 = i1, a52 = i2, a53 = i3;         \
+        const int per_line = 64 / (int)sizeof(elem_t) / NN_PANEL; /* k steps per cache line */       \
         for (int k = 0; k < K; k++) {                                                                  \
             const size_t at = (size_t)k * NN_PANEL;                                                    \
+            if (STREAM && k % per_line == 0) {                                                         \
+                const size_t ahead = at + (size_t)PREFETCH_BYTES(sizeof(elem_t)) / sizeof(elem_t);     \
+                _mm_prefetch((const char *)(q0 + ahead), _MM_HINT_T0);                                 \
+                _mm_prefetch((const char *)(q1 + ahead), _MM_HINT_T0);                                 \
+                _mm_prefetch((const char *)(q2 + ahead), _MM_HINT_T0);                                 \
+                _mm_prefetch((const char *)(q3 + ahead), _MM_HINT_T0);                                 \
+            }                                                                                          \
             const __m512 w0 = ZLOAD(q0 + at), w1 = ZLOAD(q1 + at), w2 = ZLOAD(q2 + at),                \
                          w3 = ZLOAD(q3 + at);                                                          \
             Z4_ROW(0);                                                                                 \
@@ -524,9 +532,14 @@ DEFINE_ROW4(row4_q8_avx2, "avx2,fma", int8_t, LOAD_Q8, 1)
     static void (*const prefix[9])(float *, const float *, const nn_linear *, int) = {                 \
         NULL, prefix##1, prefix##2, prefix##3, prefix##4, prefix##5, prefix##6, prefix##7, prefix##8};
 
-DEFINE_TILE4_Z(tile4_f32_avx512, float, ZLOAD_F32, 0)
-DEFINE_TILE4_Z(tile4_f16_avx512, uint16_t, ZLOAD_F16, 0)
-DEFINE_TILE4_Z(tile4_q8_avx512, int8_t, ZLOAD_Q8, 1)
+DEFINE_TILE4_Z(tile4_f32_avx512, float, ZLOAD_F32, 0, 0)
+DEFINE_TILE4_Z(tile4_f16_avx512, uint16_t, ZLOAD_F16, 0, 0)
+DEFINE_TILE4_Z(tile4_q8_avx512, int8_t, ZLOAD_Q8, 1, 0)
+/* The same tiles prefetching their weights, for products of a few rows (decoder steps of
+ * several beams or images), which stream the weights from memory like the single rows do. */
+DEFINE_TILE4_Z(tile4s_f32_avx512, float, ZLOAD_F32, 0, 1)
+DEFINE_TILE4_Z(tile4s_f16_avx512, uint16_t, ZLOAD_F16, 0, 1)
+DEFINE_TILE4_Z(tile4s_q8_avx512, int8_t, ZLOAD_Q8, 1, 1)
 DEFINE_TILE1_Z(tile1_f32_avx512, float, ZLOAD_F32, 0)
 DEFINE_TILE1_Z(tile1_f16_avx512, uint16_t, ZLOAD_F16, 0)
 DEFINE_TILE1_Z(tile1_q8_avx512, int8_t, ZLOAD_Q8, 1)
@@ -546,20 +559,24 @@ typedef struct {
     row_fn row;
     int row_panels;
     row_fn const *row_short;
+    tile_fn tile_group_stream; /* tile_group with prefetching, for T <= STREAM_ROWS; NULL: tile_group */
 } kernels;
 
+/* Up to this many rows a product reads each weight about once from memory (see tile4s). */
+#define STREAM_ROWS (2 * TILE_ROWS)
+
 static kernels pick_kernels(nn_weight_type type) {
-    kernels k = {tile_portable, tile_portable, 1, NULL, 0, NULL};
+    kernels k = {tile_portable, tile_portable, 1, NULL, 0, NULL, NULL};
 #ifdef NN_HAVE_X86
     const nn_isa isa = nn_cpu_isa();
     if (isa == NN_ISA_AVX512) {
-        if (type == NN_F32) k = (kernels){tile1_f32_avx512, tile4_f32_avx512, 4, rows_f32_avx512[8], 8, rows_f32_avx512};
-        if (type == NN_F16) k = (kernels){tile1_f16_avx512, tile4_f16_avx512, 4, rows_f16_avx512[8], 8, rows_f16_avx512};
-        if (type == NN_Q8) k = (kernels){tile1_q8_avx512, tile4_q8_avx512, 4, rows_q8_avx512[8], 8, rows_q8_avx512};
+        if (type == NN_F32) k = (kernels){tile1_f32_avx512, tile4_f32_avx512, 4, rows_f32_avx512[8], 8, rows_f32_avx512, tile4s_f32_avx512};
+        if (type == NN_F16) k = (kernels){tile1_f16_avx512, tile4_f16_avx512, 4, rows_f16_avx512[8], 8, rows_f16_avx512, tile4s_f16_avx512};
+        if (type == NN_Q8) k = (kernels){tile1_q8_avx512, tile4_q8_avx512, 4, rows_q8_avx512[8], 8, rows_q8_avx512, tile4s_q8_avx512};
     } else if (isa == NN_ISA_AVX2) {
-        if (type == NN_F32) k = (kernels){tile_f32_avx2, tile_f32_avx2, 1, row4_f32_avx2, 4, NULL};
-        if (type == NN_Q8) k = (kernels){tile_q8_avx2, tile_q8_avx2, 1, row4_q8_avx2, 4, NULL};
-        if (type == NN_F16 && nn_cpu_has_f16c()) k = (kernels){tile_f16_avx2, tile_f16_avx2, 1, row4_f16_avx2, 4, NULL};
+        if (type == NN_F32) k = (kernels){tile_f32_avx2, tile_f32_avx2, 1, row4_f32_avx2, 4, NULL, NULL};
+        if (type == NN_Q8) k = (kernels){tile_q8_avx2, tile_q8_avx2, 1, row4_q8_avx2, 4, NULL, NULL};
+        if (type == NN_F16 && nn_cpu_has_f16c()) k = (kernels){tile_f16_avx2, tile_f16_avx2, 1, row4_f16_avx2, 4, NULL, NULL};
     }
 #endif
     return k;
@@ -642,13 +659,15 @@ void nn_linear_forward(float *y, size_t y_stride, const float *x, size_t x_strid
     const int chunk_rows = (tiles + chunks - 1) / chunks * TILE_ROWS;
     const int groups = (n_panels + kern.group - 1) / kern.group;
     const long items = (long)chunks * groups;
+    kernels k_use = kern;
+    if (T <= STREAM_ROWS && kern.tile_group_stream) k_use.tile_group = kern.tile_group_stream;
 #pragma omp parallel for schedule(static) if ((size_t)T * K * N > 262144)
     for (long it = 0; it < items; it++) {
         const int c = (int)(it / groups), g = (int)(it % groups);
         const int t_end = (c + 1) * chunk_rows < T ? (c + 1) * chunk_rows : T;
         for (int t = c * chunk_rows; t < t_end; t += TILE_ROWS) {
             const int rows = t_end - t < TILE_ROWS ? t_end - t : TILE_ROWS;
-            run_tile(&kern, y + (size_t)t * y_stride, y_stride, x + (size_t)t * x_stride, x_stride, w, g, rows);
+            run_tile(&k_use, y + (size_t)t * y_stride, y_stride, x + (size_t)t * x_stride, x_stride, w, g, rows);
         }
     }
 }
