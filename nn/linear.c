@@ -4,6 +4,7 @@
 #include "nn/cpu.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -465,6 +466,9 @@ DEFINE_ROW4(row4_q8_avx2, "avx2,fma", int8_t, LOAD_Q8, 1)
  * (measured on the AMD EPYC of bench/README: 43 -> 68 GB/s for fp32 and 28 -> 50 GB/s for
  * int8 on two cores); the distances are the best of 256 .. 2048 there. */
 #define PREFETCH_BYTES(elem_size) ((elem_size) == 4 ? 512 : 1024)
+#ifndef PREFETCH_START
+#define PREFETCH_START 0
+#endif
 
 /* One row × NP panels (NP <= 8): the matrix-vector product of a decoder step. Eight
  * independent chains keep both FMA units busy despite their latency, and eight weight streams
@@ -488,6 +492,18 @@ DEFINE_ROW4(row4_q8_avx2, "avx2,fma", int8_t, LOAD_Q8, 1)
         __m512 a3 = NP > 3 ? Z_INIT(3) : a0, a4 = NP > 4 ? Z_INIT(4) : a0, a5 = NP > 5 ? Z_INIT(5) : a0; \
         __m512 a6 = NP > 6 ? Z_INIT(6) : a0, a7 = NP > 7 ? Z_INIT(7) : a0;                             \
         const int per_line = 64 / (int)sizeof(elem_t) / NN_PANEL; /* k steps per cache line */       \
+        if (PREFETCH_START)                                                                            \
+            for (size_t ahead = 0; ahead < PREFETCH_BYTES(sizeof(elem_t)) / sizeof(elem_t);           \
+                 ahead += 64 / sizeof(elem_t)) {                                                       \
+                ZR_PREFETCH(0);                                                                        \
+                ZR_PREFETCH(1);                                                                        \
+                ZR_PREFETCH(2);                                                                        \
+                ZR_PREFETCH(3);                                                                        \
+                ZR_PREFETCH(4);                                                                        \
+                ZR_PREFETCH(5);                                                                        \
+                ZR_PREFETCH(6);                                                                        \
+                ZR_PREFETCH(7);                                                                        \
+            }                                                                                          \
         for (int k = 0; k < K; k++) {                                                                  \
             const size_t at = (size_t)k * NN_PANEL;                                                    \
             if (k % per_line == 0) {                                                                   \
@@ -639,15 +655,36 @@ static void run_row(const kernels *kern, float *y, const float *x, const nn_line
     }
 }
 
+/* Item `it` of a product of many rows: (chunk of rows c, group of panels g). */
+static void run_item(const kernels *kern, float *y, size_t y_stride, const float *x, size_t x_stride,
+                     const nn_linear *w, int T, int chunk_rows, int groups, long it) {
+    const int c = (int)(it / groups), g = (int)(it % groups);
+    const int t_end = (c + 1) * chunk_rows < T ? (c + 1) * chunk_rows : T;
+    for (int t = c * chunk_rows; t < t_end; t += TILE_ROWS) {
+        const int rows = t_end - t < TILE_ROWS ? t_end - t : TILE_ROWS;
+        run_tile(kern, y + (size_t)t * y_stride, y_stride, x + (size_t)t * x_stride, x_stride, w, g, rows);
+    }
+}
+
+/* Products below this many multiply-adds run on the calling thread alone; so does every product
+ * called from inside a parallel region (attention's per-head products), without even a nested
+ * region. */
+#define PARALLEL_MIN_FMAS 262144
+
 void nn_linear_forward(float *y, size_t y_stride, const float *x, size_t x_stride, const nn_linear *w, int T) {
     const int K = w->K, N = w->N;
     const int n_panels = (int)(padded(N) / NN_PANEL);
     const kernels kern = pick_kernels(w->type);
     if (T <= 0 || N <= 0) return;
+    const int parallel = (size_t)T * K * N > PARALLEL_MIN_FMAS && !omp_in_parallel();
 
     if (T == 1 && kern.row) {
         const int groups = (n_panels + kern.row_panels - 1) / kern.row_panels;
-#pragma omp parallel for if ((size_t)K * N > 262144)
+        if (!parallel) {
+            for (int g = 0; g < groups; g++) run_row(&kern, y, x, w, g);
+            return;
+        }
+#pragma omp parallel for
         for (int g = 0; g < groups; g++) run_row(&kern, y, x, w, g);
         return;
     }
@@ -661,13 +698,10 @@ void nn_linear_forward(float *y, size_t y_stride, const float *x, size_t x_strid
     const long items = (long)chunks * groups;
     kernels k_use = kern;
     if (T <= STREAM_ROWS && kern.tile_group_stream) k_use.tile_group = kern.tile_group_stream;
-#pragma omp parallel for schedule(static) if ((size_t)T * K * N > 262144)
-    for (long it = 0; it < items; it++) {
-        const int c = (int)(it / groups), g = (int)(it % groups);
-        const int t_end = (c + 1) * chunk_rows < T ? (c + 1) * chunk_rows : T;
-        for (int t = c * chunk_rows; t < t_end; t += TILE_ROWS) {
-            const int rows = t_end - t < TILE_ROWS ? t_end - t : TILE_ROWS;
-            run_tile(&k_use, y + (size_t)t * y_stride, y_stride, x + (size_t)t * x_stride, x_stride, w, g, rows);
-        }
+    if (!parallel) {
+        for (long it = 0; it < items; it++) run_item(&k_use, y, y_stride, x, x_stride, w, T, chunk_rows, groups, it);
+        return;
     }
+#pragma omp parallel for schedule(static)
+    for (long it = 0; it < items; it++) run_item(&k_use, y, y_stride, x, x_stride, w, T, chunk_rows, groups, it);
 }
