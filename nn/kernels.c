@@ -20,23 +20,120 @@ void nn_set_threads(int n) {
     omp_set_num_threads(n);
 }
 
-void layernorm(float *y, const float *x, const float *gamma, const float *beta, int T, int C, float eps) {
-#pragma omp parallel for if (T > 8)
-    for (int t = 0; t < T; t++) {
-        const float *xr = x + (size_t)t * C;
-        float *yr = y + (size_t)t * C;
-        float mean = 0.0f;
-        for (int c = 0; c < C; c++) mean += xr[c];
-        mean /= C;
-        float var = 0.0f;
-        for (int c = 0; c < C; c++) {
-            float d = xr[c] - mean;
-            var += d * d;
+/* LayerNorm of one row: mean, then the mean of squared deviations, each summed in one fixed
+ * order (16 running sums, lane l taking c = l, l+16, ... below the last multiple of 16, folded
+ * (l, l+8), (l, l+4), (l, l+2), (0, 1), plus the tail in order), then
+ * y = fma((x - mean)·inv, gamma, beta) with inv = 1/sqrt(var + eps). Every version performs
+ * the same operations, so every instruction set gives the same bits. */
+static float fold16(float *acc) {
+    for (int w = 8; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return acc[0];
+}
+
+static void layernorm_row_portable(float *y, const float *x, const float *g, const float *b, int C, float eps) {
+    float acc[16] = {0}, tail = 0.0f;
+    int c = 0;
+    for (; c + 16 <= C; c += 16)
+        for (int l = 0; l < 16; l++) acc[l] += x[c + l];
+    for (; c < C; c++) tail += x[c];
+    const float mean = (fold16(acc) + tail) / (float)C;
+    memset(acc, 0, sizeof acc);
+    tail = 0.0f;
+    for (c = 0; c + 16 <= C; c += 16)
+        for (int l = 0; l < 16; l++) {
+            const float d = x[c + l] - mean;
+            acc[l] = fmaf(d, d, acc[l]);
         }
-        var /= C;
-        float inv = 1.0f / sqrtf(var + eps);
-        for (int c = 0; c < C; c++) yr[c] = (xr[c] - mean) * inv * gamma[c] + beta[c];
+    for (; c < C; c++) {
+        const float d = x[c] - mean;
+        tail = fmaf(d, d, tail);
     }
+    const float inv = 1.0f / sqrtf((fold16(acc) + tail) / (float)C + eps);
+    for (c = 0; c < C; c++) y[c] = fmaf((x[c] - mean) * inv, g[c], b[c]);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) static void layernorm_row_avx512(float *y, const float *x, const float *g,
+                                                                   const float *b, int C, float eps) {
+    float acc[16], tail = 0.0f;
+    __m512 s = _mm512_setzero_ps();
+    int c = 0;
+    for (; c + 16 <= C; c += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(x + c));
+    for (; c < C; c++) tail += x[c];
+    _mm512_storeu_ps(acc, s);
+    const float mean = (fold16(acc) + tail) / (float)C;
+    const __m512 m = _mm512_set1_ps(mean);
+    s = _mm512_setzero_ps();
+    tail = 0.0f;
+    for (c = 0; c + 16 <= C; c += 16) {
+        const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x + c), m);
+        s = _mm512_fmadd_ps(d, d, s);
+    }
+    for (; c < C; c++) {
+        const float d = x[c] - mean;
+        tail = fmaf(d, d, tail);
+    }
+    _mm512_storeu_ps(acc, s);
+    const float inv = 1.0f / sqrtf((fold16(acc) + tail) / (float)C + eps);
+    const __m512 iv = _mm512_set1_ps(inv);
+    for (c = 0; c + 16 <= C; c += 16) {
+        const __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + c), m), iv);
+        _mm512_storeu_ps(y + c, _mm512_fmadd_ps(t, _mm512_loadu_ps(g + c), _mm512_loadu_ps(b + c)));
+    }
+    for (; c < C; c++) y[c] = fmaf((x[c] - mean) * inv, g[c], b[c]);
+}
+
+__attribute__((target("avx2,fma"))) static void layernorm_row_avx2(float *y, const float *x, const float *g,
+                                                                  const float *b, int C, float eps) {
+    float acc[16], tail = 0.0f;
+    __m256 lo = _mm256_setzero_ps(), hi = lo;
+    int c = 0;
+    for (; c + 16 <= C; c += 16) {
+        lo = _mm256_add_ps(lo, _mm256_loadu_ps(x + c));
+        hi = _mm256_add_ps(hi, _mm256_loadu_ps(x + c + 8));
+    }
+    for (; c < C; c++) tail += x[c];
+    _mm256_storeu_ps(acc, lo);
+    _mm256_storeu_ps(acc + 8, hi);
+    const float mean = (fold16(acc) + tail) / (float)C;
+    const __m256 m = _mm256_set1_ps(mean);
+    lo = hi = _mm256_setzero_ps();
+    tail = 0.0f;
+    for (c = 0; c + 16 <= C; c += 16) {
+        const __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(x + c), m), d1 = _mm256_sub_ps(_mm256_loadu_ps(x + c + 8), m);
+        lo = _mm256_fmadd_ps(d0, d0, lo);
+        hi = _mm256_fmadd_ps(d1, d1, hi);
+    }
+    for (; c < C; c++) {
+        const float d = x[c] - mean;
+        tail = fmaf(d, d, tail);
+    }
+    _mm256_storeu_ps(acc, lo);
+    _mm256_storeu_ps(acc + 8, hi);
+    const float inv = 1.0f / sqrtf((fold16(acc) + tail) / (float)C + eps);
+    const __m256 iv = _mm256_set1_ps(inv);
+    for (c = 0; c + 8 <= C; c += 8) {
+        const __m256 t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c), m), iv);
+        _mm256_storeu_ps(y + c, _mm256_fmadd_ps(t, _mm256_loadu_ps(g + c), _mm256_loadu_ps(b + c)));
+    }
+    for (; c < C; c++) y[c] = fmaf((x[c] - mean) * inv, g[c], b[c]);
+}
+#endif
+
+void layernorm(float *y, const float *x, const float *gamma, const float *beta, int T, int C, float eps) {
+    void (*row)(float *, const float *, const float *, const float *, int, float) = layernorm_row_portable;
+#if defined(__x86_64__)
+    const nn_isa isa = nn_cpu_isa();
+    if (isa == NN_ISA_AVX512) row = layernorm_row_avx512;
+    if (isa == NN_ISA_AVX2) row = layernorm_row_avx2;
+#endif
+    if (T <= 8) {
+        for (int t = 0; t < T; t++) row(y + (size_t)t * C, x + (size_t)t * C, gamma, beta, C, eps);
+        return;
+    }
+#pragma omp parallel for
+    for (int t = 0; t < T; t++) row(y + (size_t)t * C, x + (size_t)t * C, gamma, beta, C, eps);
 }
 
 /* erf as the rational function x·P(x²)/Q(x²) on [-4, 4] (±1 to float precision outside) with

@@ -146,12 +146,12 @@ static void test_softmax_accuracy(void) {
     }
 }
 
-/* The vectorised GELUs, softmax and attention give the portable code's bits on every kernel
+/* The vectorised LayerNorm, GELUs, softmax and attention give the portable code's bits on every kernel
  * family the machine has (nn/cpu.h), so a caption does not depend on the CPU it ran on. */
 static void test_isa_identity(void) {
     const nn_isa best = nn_cpu_isa();
     const size_t n = 4099;
-    float *x = malloc(n * sizeof *x), *g[3], *t[3], *s[3], *o[3], *p[3];
+    float *x = malloc(n * sizeof *x), *g[3], *t[3], *s[3], *o[3], *p[3], *ln[3];
     for (size_t i = 0; i < n; i++) x[i] = -12.0f + 24.0f * (float)i / (float)(n - 1);
     x[0] = -INFINITY, x[1] = INFINITY, x[2] = 0.0f, x[3] = -0.0f, x[4] = 1e-30f;
     const int Tq = 37, Tk = 37, H = 3, hd = 20, E = H * hd;
@@ -159,6 +159,10 @@ static void test_isa_identity(void) {
     for (int isa = NN_ISA_PORTABLE; isa <= (int)best; isa++) {
         nn_cpu_limit((nn_isa)isa);
         g[isa] = malloc(n * sizeof(float)), t[isa] = malloc(n * sizeof(float)), s[isa] = malloc(n * sizeof(float));
+        ln[isa] = calloc(n, sizeof(float));
+        for (int len = 1, at = 0; at + len <= (int)n; at += len, len = len * 3 + 2) /* rows of 1, 5, 17, 53, ... */
+            layernorm(ln[isa] + at, q + at, q + 3700, q + 5200, 1, len, 1e-5f);
+        layernorm(ln[isa], q, q + 1000, q + 2000, 13, 192, 1e-6f); /* 13 rows: the parallel path */
         o[isa] = malloc((size_t)Tq * E * sizeof(float)), p[isa] = malloc((size_t)H * Tq * Tk * sizeof(float));
         memcpy(g[isa], x, n * sizeof *x);
         gelu_erf(g[isa], n);
@@ -170,6 +174,7 @@ static void test_isa_identity(void) {
         attention(o[isa], E, p[isa], q, 3 * E, q + E, 3 * E, q + 2 * E, 3 * E, Tq, Tk, H, hd, 0.2f, 0, 0);
         if (isa == 0) continue;
         CHECK(!memcmp(g[isa], g[0], n * sizeof *x), "gelu_erf on %s differs from portable", nn_isa_name((nn_isa)isa));
+        CHECK(!memcmp(ln[isa], ln[0], n * sizeof *x), "layernorm on %s differs from portable", nn_isa_name((nn_isa)isa));
         CHECK(!memcmp(t[isa], t[0], n * sizeof *x), "gelu_tanh on %s differs from portable", nn_isa_name((nn_isa)isa));
         CHECK(!memcmp(s[isa], s[0], n * sizeof *x), "softmax on %s differs from portable", nn_isa_name((nn_isa)isa));
         CHECK(!memcmp(o[isa], o[0], (size_t)Tq * E * sizeof(float)) && !memcmp(p[isa], p[0], (size_t)H * Tq * Tk * sizeof(float)),
@@ -177,7 +182,7 @@ static void test_isa_identity(void) {
     }
     nn_cpu_limit(best);
     CHECK(s[0][7] == 0.0f, "a -inf score has probability %g", s[0][7]);
-    for (int isa = NN_ISA_PORTABLE; isa <= (int)best; isa++) free(g[isa]), free(t[isa]), free(s[isa]), free(o[isa]), free(p[isa]);
+    for (int isa = NN_ISA_PORTABLE; isa <= (int)best; isa++) free(g[isa]), free(t[isa]), free(s[isa]), free(ln[isa]), free(o[isa]), free(p[isa]);
     free(x), free(q);
 }
 
