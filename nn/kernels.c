@@ -400,7 +400,8 @@ __attribute__((target("avx512f"))) static void softmax_avx512(float *x, int n, f
         _mm512_storeu_ps(x + i, yv);
         acc = _mm512_add_ps(acc, yv);
     }
-    __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1))); /* (l, l+8) */
+    const __m256 upper = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1));
+    __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(acc), upper);                           /* (l, l+8) */
     __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));       /* (l, l+4) */
     __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));                                       /* (l, l+2) */
     float sum = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));                   /* (0, 1) */

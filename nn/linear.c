@@ -372,7 +372,8 @@ DEFINE_ROW4(row4_q8_avx2, "avx2,fma", int8_t, LOAD_Q8, 1)
         a##r##2 = _mm512_fmadd_ps(xv, w2, a##r##2);                                                    \
         a##r##3 = _mm512_fmadd_ps(xv, w3, a##r##3);                                                    \
     } while (0)
-#define Z_OUT(v, j) (Q8 ? _mm512_fmadd_ps(v, _mm512_load_ps(w->scale + p + 16 * (j)), _mm512_load_ps(w->bias + p + 16 * (j))) : (v))
+#define Z_OUT(v, j)                                                                                    \
+    (Q8 ? _mm512_fmadd_ps(v, _mm512_load_ps(w->scale + p + 16 * (j)), _mm512_load_ps(w->bias + p + 16 * (j))) : (v))
 #define Z4_STORE(r)                                                                                    \
     do {                                                                                               \
         if (r < rows) {                                                                                \
@@ -586,13 +587,17 @@ static kernels pick_kernels(nn_weight_type type) {
 #ifdef NN_HAVE_X86
     const nn_isa isa = nn_cpu_isa();
     if (isa == NN_ISA_AVX512) {
-        if (type == NN_F32) k = (kernels){tile1_f32_avx512, tile4_f32_avx512, 4, rows_f32_avx512[8], 8, rows_f32_avx512, tile4s_f32_avx512};
-        if (type == NN_F16) k = (kernels){tile1_f16_avx512, tile4_f16_avx512, 4, rows_f16_avx512[8], 8, rows_f16_avx512, tile4s_f16_avx512};
-        if (type == NN_Q8) k = (kernels){tile1_q8_avx512, tile4_q8_avx512, 4, rows_q8_avx512[8], 8, rows_q8_avx512, tile4s_q8_avx512};
+        if (type == NN_F32)
+            k = (kernels){tile1_f32_avx512, tile4_f32_avx512, 4, rows_f32_avx512[8], 8, rows_f32_avx512, tile4s_f32_avx512};
+        if (type == NN_F16)
+            k = (kernels){tile1_f16_avx512, tile4_f16_avx512, 4, rows_f16_avx512[8], 8, rows_f16_avx512, tile4s_f16_avx512};
+        if (type == NN_Q8)
+            k = (kernels){tile1_q8_avx512, tile4_q8_avx512, 4, rows_q8_avx512[8], 8, rows_q8_avx512, tile4s_q8_avx512};
     } else if (isa == NN_ISA_AVX2) {
         if (type == NN_F32) k = (kernels){tile_f32_avx2, tile_f32_avx2, 1, row4_f32_avx2, 4, NULL, NULL};
         if (type == NN_Q8) k = (kernels){tile_q8_avx2, tile_q8_avx2, 1, row4_q8_avx2, 4, NULL, NULL};
-        if (type == NN_F16 && nn_cpu_has_f16c()) k = (kernels){tile_f16_avx2, tile_f16_avx2, 1, row4_f16_avx2, 4, NULL, NULL};
+        if (type == NN_F16 && nn_cpu_has_f16c())
+            k = (kernels){tile_f16_avx2, tile_f16_avx2, 1, row4_f16_avx2, 4, NULL, NULL};
     }
 #endif
     return k;
@@ -600,7 +605,8 @@ static kernels pick_kernels(nn_weight_type type) {
 
 /* Copies a block's valid columns out of its full-width scratch (only the last panel is short). */
 static void copy_cols(float *y, size_t y_stride, const float *block, size_t block_stride, int rows, int cols) {
-    for (int r = 0; r < rows; r++) memcpy(y + (size_t)r * y_stride, block + (size_t)r * block_stride, (size_t)cols * sizeof *y);
+    for (int r = 0; r < rows; r++)
+        memcpy(y + (size_t)r * y_stride, block + (size_t)r * block_stride, (size_t)cols * sizeof *y);
 }
 
 /* Rows t .. t+rows-1 (rows <= TILE_ROWS) against the panels of group g: the group's tile when

@@ -148,6 +148,14 @@ void decoder_cross_kv(const xcap_model *m, decoder_run *r, const float *memory) 
     decoder_cross_kv_image(m, r, 0, memory);
 }
 
+/* Asks for a[0..n) and b[0..n) to be brought into the cache, one request per 64-byte line. */
+static void prefetch_floats(const float *a, const float *b, size_t n) {
+    for (size_t i = 0; i < n; i += 16) {
+        __builtin_prefetch(a + i, 0, 3);
+        __builtin_prefetch(b + i, 0, 3);
+    }
+}
+
 /* GPT-2's attention scale (spec §5.1), shared by self- and cross-attention. */
 static float attn_scale(const xcap_config *c, int layer) {
     float s = c->scale_attn_weights ? 1.0f / sqrtf((float)(c->dec_hidden / c->dec_heads)) : 1.0f;
@@ -184,7 +192,13 @@ int decoder_step_rows(const xcap_model *m, decoder_run *r, const int32_t *tokens
         const gpt2_layer_weights *w = &W->layers[l];
         float scale = attn_scale(c, l);
 
-        /* 1. causal self-attention over each sequence's own cache */
+        /* 1. causal self-attention over each sequence's own cache (asked for from memory now:
+         * the weights streamed since the last step have evicted it, and the qkv product below
+         * gives the reads time to land) */
+        for (int i = 0; i < n_rows; i++) {
+            const size_t at = l * layer_stride + slot[i] * slot_stride;
+            prefetch_floats(r->self_k + at, r->self_v + at, (size_t)pos * E);
+        }
         layernorm(r->xn, r->x, w->ln_1_w, w->ln_1_b, n_rows, E, c->dec_eps);
         nn_linear_forward(r->qkv, 3 * E, r->xn, E, &w->attn, n_rows);
         for (int i = 0; i < n_rows; i++) {
