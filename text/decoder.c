@@ -11,6 +11,14 @@
 /* Zero-sized buffers (a model with no layers) still get a valid pointer. */
 static float *alloc_floats(size_t n) { return malloc((n ? n : 1) * sizeof(float)); }
 
+/* Asks for a[0..n) and b[0..n) to be brought into the cache, one request per 64-byte line. */
+static void prefetch_floats(const float *a, const float *b, size_t n) {
+    for (size_t i = 0; i < n; i += 16) {
+        __builtin_prefetch(a + i, 0, 3);
+        __builtin_prefetch(b + i, 0, 3);
+    }
+}
+
 /* 64-byte aligned, as the packed layers' loads need. */
 static float *aligned_floats(size_t n) { return aligned_alloc(64, ((n ? n : 1) * sizeof(float) + 63) / 64 * 64); }
 
@@ -117,6 +125,11 @@ void decoder_cross_kv_read(const xcap_model *m, const decoder_run *r, int image,
     for (int h = 0; h < H; h++) {
         nn_linear keys, values;
         cross_layers(c, r, image, layer, h, &keys, &values);
+        if (h + 1 < H) { /* the next head's keys and values (one block) load while this one runs */
+            const float *next = cross_head(c, r, image, layer, h + 1);
+            const size_t half = (r->cross_k_floats + r->cross_v_floats) / 2;
+            prefetch_floats(next, next + half, half);
+        }
         for (int j = 0; j < M; j++) { /* key j: column j of the keys layer */
             nn_linear_column(&keys, j, column);
             memcpy(k + (size_t)j * E + (size_t)h * hd, column, (size_t)hd * sizeof *k);
@@ -137,6 +150,11 @@ static void cross_attention(const xcap_config *c, const decoder_run *r, int imag
     for (int h = 0; h < H; h++) {
         nn_linear keys, values;
         cross_layers(c, r, image, layer, h, &keys, &values);
+        if (h + 1 < H) { /* the next head's keys and values (one block) load while this one runs */
+            const float *next = cross_head(c, r, image, layer, h + 1);
+            const size_t half = (r->cross_k_floats + r->cross_v_floats) / 2;
+            prefetch_floats(next, next + half, half);
+        }
         float *p = maps + (size_t)h * M;
         nn_linear_forward(p, (size_t)M, q + (size_t)h * hd, (size_t)hd, &keys, 1);
         softmax_scaled(p, M, scale);
@@ -146,14 +164,6 @@ static void cross_attention(const xcap_config *c, const decoder_run *r, int imag
 
 void decoder_cross_kv(const xcap_model *m, decoder_run *r, const float *memory) {
     decoder_cross_kv_image(m, r, 0, memory);
-}
-
-/* Asks for a[0..n) and b[0..n) to be brought into the cache, one request per 64-byte line. */
-static void prefetch_floats(const float *a, const float *b, size_t n) {
-    for (size_t i = 0; i < n; i += 16) {
-        __builtin_prefetch(a + i, 0, 3);
-        __builtin_prefetch(b + i, 0, 3);
-    }
 }
 
 /* GPT-2's attention scale (spec §5.1), shared by self- and cross-attention. */
