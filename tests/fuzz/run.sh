@@ -56,7 +56,7 @@ status=0
 for t in "${targets[@]}"; do
     work=$build/corpus/$t crashes=$build/crashes/$t
     mkdir -p "$work" "$crashes"
-    out=$build/$t.log
+    out=$build/$t.$$.log # one file per run: two lanes may run the same target at once
     start=$(date +%s)
     # shellcheck disable=SC2046
     OMP_NUM_THREADS=1 nice -n 19 "$build/$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2560 \
@@ -64,13 +64,13 @@ for t in "${targets[@]}"; do
         "$work" "$root/tests/fuzz/corpus/$t" >"$out" 2>&1
     rc=$?
     elapsed=$(($(date +%s) - start)) # shorter than asked when the target crashed
-    execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$out" | grep -o '[0-9]*$' | tail -1)
+    execs=$(grep -ao 'stat::number_of_executed_units: *[0-9]*' "$out" | grep -o '[0-9]*$' | tail -1)
     if [ -z "$execs" ]; then # killed before the final stats: take the last progress line
-        execs=$(grep -o '^#[0-9]*' "$out" | tail -1 | tr -d '#')
+        execs=$(grep -ao '^#[0-9]*' "$out" | tail -1 | tr -d '#')
     fi
     result=ok
     if [ $rc -ne 0 ]; then
-        artifact=$(grep -o "Test unit written to [^ ]*" "$out" | tail -1 | sed 's/Test unit written to //')
+        artifact=$(grep -ao "Test unit written to [^ ]*" "$out" | tail -1 | sed 's/Test unit written to //')
         result="crash:${artifact:-exit-$rc}"
         status=1
     fi
