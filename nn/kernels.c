@@ -406,7 +406,16 @@ __attribute__((target("avx512f"))) static void softmax_avx512(float *x, int n, f
     __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));                                       /* (l, l+2) */
     float sum = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));                   /* (0, 1) */
     float tail = 0.0f;
-    for (; i < n; i++) tail += x[i] = exp_one(x[i] - mx);
+    if (i < n) { /* the last n - i < 16: the same exp on a masked vector, then summed in order */
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        const __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
+        __m512 yv;
+#define ZERO_BELOW ZERO_BELOW_512
+        EXP_VEC_512;
+#undef ZERO_BELOW
+        _mm512_mask_storeu_ps(x + i, m, yv);
+        for (; i < n; i++) tail += x[i];
+    }
     const float inv_s = 1.0f / (sum + tail);
     const __m512 inv = _mm512_set1_ps(inv_s);
     for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
