@@ -28,10 +28,15 @@ void softmax_scaled(float *x, int n, float scale);
 
 /* Dot product in one fixed order on every machine: 8 lane sums (lane l takes elements l, l+8,
  * ...) folded (l, l+4), (l, l+2), (0, 1), then plus the in-order sum of the tail past the last
- * multiple of 8; all products fused. Attention's query-key scores use it. */
+ * multiple of 8; all products fused. The query-key scores of attention's few-row path use it. */
 float nn_dot(const float *a, const float *b, int n);
 
-/* Multi-head scaled dot-product attention. Head h of query row i uses q[i*q_stride + h*hd ..],
+/* Multi-head scaled dot-product attention. Non-causal calls with at least 8 query rows (the
+ * encoder) run per head as two packed matrix products (nn/linear.h): each score is one fma chain
+ * over the head's dimensions in order; other calls (the decoder's self-attention) score with
+ * nn_dot. Either way the output sums the values in key order with one fma per term, and the
+ * result does not depend on the thread count or the instruction set.
+ * Head h of query row i uses q[i*q_stride + h*hd ..],
  * keys k[j*k_stride + h*hd ..] and values v[j*v_stride + h*hd ..] for j < n_keys, where
  * n_keys = causal ? causal_offset + i + 1 : Tk. Writes out[i*out_stride + h*hd ..] and the
  * softmax rows into probs[(h*Tq + i)*Tk ..] (entries past n_keys are set to 0). probs must hold

@@ -12,7 +12,10 @@
  * Layout: W is cut into panels of NN_PANEL consecutive output columns; a panel stores, for each
  * k in order, its NN_PANEL weights W[k][n0 .. n0+NN_PANEL-1] contiguously (the last panel
  * zero-padded). The inner loop then streams one panel linearly while a few rows of x are
- * broadcast against it, which is the whole trick of a register-blocked GEMM.
+ * broadcast against it, which is the whole trick of a register-blocked GEMM. The kernels come in
+ * three families chosen at run time (nn/cpu.h): AVX-512 (a tile of 6 rows x 4 panels, single
+ * rows over up to 8 panels with software prefetch), AVX2 + FMA (6 rows x 1 panel, rows over 4
+ * panels) and plain C; all three compute the sequence above, so they give the same bits.
  *
  * Weights may stay in a narrower type, widened to fp32 as they stream by (a decoder step reads
  * every weight once, so its time follows the bytes):
