@@ -463,9 +463,12 @@ DEFINE_ROW4(row4_q8_avx2, "avx2,fma", int8_t, LOAD_Q8, 1)
     }
 
 /* How far ahead (bytes) each weight stream of a matrix-vector product is prefetched. The
- * hardware prefetchers alone left one core at about half the memory's speed on eight streams
- * (measured on the AMD EPYC of bench/README: 43 -> 68 GB/s for fp32 and 28 -> 50 GB/s for
- * int8 on two cores); the distances are the best of 256 .. 2048 there. */
+ * hardware prefetchers alone left the decoder well below the memory's speed on eight streams
+ * per core (on the README's benchmark machine, a ViT-base/GPT-2 decoder step on 2 threads went
+ * from 15.3 to about 11 ms in fp32 and from 8.0 to about 4.7 ms in q8 with these distances;
+ * 256 B to 4 KiB all did about as well, within that machine's run-to-run noise).
+ * PREFETCH_START 1 also requests each stream's first PREFETCH_BYTES before the loop: no gain
+ * measured there, so off. */
 #define PREFETCH_BYTES(elem_size) ((elem_size) == 4 ? 512 : 1024)
 #ifndef PREFETCH_START
 #define PREFETCH_START 0
