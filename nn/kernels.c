@@ -325,11 +325,10 @@ static void softmax_portable(float *x, int n, float scale) {
     int i = 0;
     for (; i + 16 <= n; i += 16)
         for (int l = 0; l < 16; l++) acc[l] += x[i + l] = exp_one(x[i + l] - mx);
-    for (int w = 8; w >= 1; w /= 2)
-        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    const float sum = fold16(acc);
     float tail = 0.0f;
     for (; i < n; i++) tail += x[i] = exp_one(x[i] - mx);
-    const float inv = 1.0f / (acc[0] + tail);
+    const float inv = 1.0f / (sum + tail);
     for (int j = 0; j < n; j++) x[j] *= inv;
 }
 

@@ -466,13 +466,8 @@ DEFINE_ROW4(row4_q8_avx2, "avx2,fma", int8_t, LOAD_Q8, 1)
  * hardware prefetchers alone left the decoder well below the memory's speed on eight streams
  * per core (on the README's benchmark machine, a ViT-base/GPT-2 decoder step on 2 threads went
  * from 15.3 to about 11 ms in fp32 and from 8.0 to about 4.7 ms in q8 with these distances;
- * 256 B to 4 KiB all did about as well, within that machine's run-to-run noise).
- * PREFETCH_START 1 also requests each stream's first PREFETCH_BYTES before the loop: no gain
- * measured there, so off. */
+ * 256 B to 4 KiB all did about as well, within that machine's run-to-run noise). */
 #define PREFETCH_BYTES(elem_size) ((elem_size) == 4 ? 512 : 1024)
-#ifndef PREFETCH_START
-#define PREFETCH_START 0
-#endif
 
 /* One row × NP panels (NP <= 8): the matrix-vector product of a decoder step. Eight
  * independent chains keep both FMA units busy despite their latency, and eight weight streams
@@ -496,18 +491,6 @@ DEFINE_ROW4(row4_q8_avx2, "avx2,fma", int8_t, LOAD_Q8, 1)
         __m512 a3 = NP > 3 ? Z_INIT(3) : a0, a4 = NP > 4 ? Z_INIT(4) : a0, a5 = NP > 5 ? Z_INIT(5) : a0; \
         __m512 a6 = NP > 6 ? Z_INIT(6) : a0, a7 = NP > 7 ? Z_INIT(7) : a0;                             \
         const int per_line = 64 / (int)sizeof(elem_t) / NN_PANEL; /* k steps per cache line */       \
-        if (PREFETCH_START)                                                                            \
-            for (size_t ahead = 0; ahead < PREFETCH_BYTES(sizeof(elem_t)) / sizeof(elem_t);           \
-                 ahead += 64 / sizeof(elem_t)) {                                                       \
-                ZR_PREFETCH(0);                                                                        \
-                ZR_PREFETCH(1);                                                                        \
-                ZR_PREFETCH(2);                                                                        \
-                ZR_PREFETCH(3);                                                                        \
-                ZR_PREFETCH(4);                                                                        \
-                ZR_PREFETCH(5);                                                                        \
-                ZR_PREFETCH(6);                                                                        \
-                ZR_PREFETCH(7);                                                                        \
-            }                                                                                          \
         for (int k = 0; k < K; k++) {                                                                  \
             const size_t at = (size_t)k * NN_PANEL;                                                    \
             if (k % per_line == 0) {                                                                   \

@@ -125,11 +125,6 @@ void decoder_cross_kv_read(const xcap_model *m, const decoder_run *r, int image,
     for (int h = 0; h < H; h++) {
         nn_linear keys, values;
         cross_layers(c, r, image, layer, h, &keys, &values);
-        if (h + 1 < H) { /* the next head's keys and values (one block) load while this one runs */
-            const float *next = cross_head(c, r, image, layer, h + 1);
-            const size_t half = (r->cross_k_floats + r->cross_v_floats) / 2;
-            prefetch_floats(next, next + half, half);
-        }
         for (int j = 0; j < M; j++) { /* key j: column j of the keys layer */
             nn_linear_column(&keys, j, column);
             memcpy(k + (size_t)j * E + (size_t)h * hd, column, (size_t)hd * sizeof *k);
