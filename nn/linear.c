@@ -1,7 +1,5 @@
 /* Packed linear layers; see linear.h for why, for the layout and for the weight types. */
-#include "nn/linear.h"
-
-#include "nn/cpu.h"
+#include "nn/linear_internal.h"
 
 #include <math.h>
 #include <omp.h>
@@ -9,21 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define NN_HAVE_X86 1
-#endif
-
-/* Rows of x handled by one micro-tile. AVX2: 6 rows × one panel (2 vectors of 8) = 12
- * accumulators, which with the two weight vectors and one broadcast fill the 16 registers.
- * AVX-512: 6 rows × 4 panels (one 16-float vector each) = 24 of the 32 registers, so per k
- * 4 weight loads and 6 broadcasts feed 24 fmas. */
-#define TILE_ROWS 6
-/* Row tiles per pass over the weights (at most), so that the x rows stay in cache while the
+/* TILE_ROWS (linear_internal.h): AVX2: 6 rows × one panel (2 vectors of 8) = 12 accumulators,
+ * which with the two weight vectors and one broadcast fill the 16 registers. AVX-512: 6 rows ×
+ * 4 panels (one 16-float vector each) = 24 of the 32 registers, so per k 4 weight loads and 6
+ * broadcasts feed 24 fmas.
+ * Row tiles per pass over the weights (at most), so that the x rows stay in cache while the
  * panels stream by. The rows are cut into equal chunks so that threads get equal work. */
 #define CHUNK_TILES 16
-/* The most panels a kernel of any family handles at once (for scratch sizes). */
-#define MAX_GROUP 8
 
 static size_t padded(int N) { return ((size_t)N + NN_PANEL - 1) / NN_PANEL * NN_PANEL; }
 
@@ -72,10 +62,17 @@ uint16_t nn_float_to_half(float f) {
 
 /* ---- packing ---- */
 
+/* Rows of k per panel: K, or for NN_Q8 K padded to whole activation blocks (at least one row,
+ * so that every layer has memory behind it). */
+static size_t packed_k(nn_weight_type type, int K) {
+    const int kp = type == NN_Q8 ? nn_q8_k(K) : K;
+    return kp > 0 ? (size_t)kp : 1;
+}
+
 static int alloc_packed(nn_linear *w, nn_weight_type type, int K, int N) {
     memset(w, 0, sizeof *w);
     size_t np = padded(N);
-    size_t bytes = (size_t)(K > 0 ? K : 1) * np * type_size(type);
+    size_t bytes = packed_k(type, K) * np * type_size(type);
     w->panels = aligned_alloc(64, (bytes + 63) / 64 * 64);
     w->bias = aligned_alloc(64, (np * sizeof(float) + 63) / 64 * 64);
     if (type == NN_Q8) w->scale = aligned_alloc(64, (np * sizeof(float) + 63) / 64 * 64);
@@ -83,9 +80,12 @@ static int alloc_packed(nn_linear *w, nn_weight_type type, int K, int N) {
         nn_linear_free(w);
         return -1;
     }
-    /* Only the last panel has padding columns to clear; packing writes everything else. */
-    if (np != (size_t)N) {
-        size_t panel_bytes = (size_t)(K > 0 ? K : 1) * NN_PANEL * type_size(type);
+    /* Only the last panel has padding columns to clear (and q8 panels padding k): packing
+     * writes everything else. */
+    if (type == NN_Q8) {
+        memset(w->panels, 0, bytes);
+    } else if (np != (size_t)N) {
+        size_t panel_bytes = packed_k(type, K) * NN_PANEL * type_size(type);
         memset((uint8_t *)w->panels + bytes - panel_bytes, 0, panel_bytes);
     }
     memset(w->bias, 0, np * sizeof(float));
@@ -101,7 +101,7 @@ static int alloc_packed(nn_linear *w, nn_weight_type type, int K, int N) {
  * sequential. Element-typed loops, not a memcpy per element: packing runs once per load, but
  * over every weight of the model. Threads only for large weights: for small ones the start and
  * the spinning waits of a parallel region cost more than the copy. */
-#define PACK_PART(elem_t)                                                                              \
+#define PACK_PART(elem_t, INDEX)                                                                       \
     do {                                                                                               \
         const elem_t *src = p->weight;                                                                 \
         elem_t *dst = w->panels;                                                                       \
@@ -110,14 +110,17 @@ static int alloc_packed(nn_linear *w, nn_weight_type type, int K, int N) {
         for (int panel = first; panel <= last; panel++) {                                              \
             int j0 = panel * NN_PANEL < n0 ? n0 - panel * NN_PANEL : 0;                                \
             int j1 = (panel + 1) * NN_PANEL > n0 + p->n ? n0 + p->n - panel * NN_PANEL : NN_PANEL;     \
-            elem_t *out = dst + (size_t)panel * K * NN_PANEL;                                          \
+            elem_t *out = dst + (size_t)panel * packed_k(type, K) * NN_PANEL;                          \
             for (int k = 0; k < K; k++)                                                                \
                 for (int j = j0; j < j1; j++) {                                                        \
                     size_t n = (size_t)(panel * NN_PANEL + j - n0);                                    \
-                    out[(size_t)k * NN_PANEL + j] = stored_nk ? src[n * K + k] : src[(size_t)k * p->n + n]; \
+                    out[INDEX(k, j)] = stored_nk ? src[n * K + k] : src[(size_t)k * p->n + n];              \
                 }                                                                                      \
         }                                                                                              \
     } while (0)
+
+/* Index of weight (k, column j of its panel) within an fp32 or f16 panel. */
+#define PLAIN_INDEX(k, j) ((size_t)(k) * NN_PANEL + (size_t)(j))
 
 int nn_linear_pack(nn_linear *w, nn_weight_type type, int stored_nk, const nn_linear_part *parts, int count,
                    int K) {
@@ -127,9 +130,9 @@ int nn_linear_pack(nn_linear *w, nn_weight_type type, int stored_nk, const nn_li
     int n0 = 0;
     for (int i = 0; i < count; i++) {
         const nn_linear_part *p = &parts[i];
-        if (type == NN_F32) PACK_PART(float);
-        else if (type == NN_F16) PACK_PART(uint16_t);
-        else PACK_PART(int8_t);
+        if (type == NN_F32) PACK_PART(float, PLAIN_INDEX);
+        else if (type == NN_F16) PACK_PART(uint16_t, PLAIN_INDEX);
+        else PACK_PART(int8_t, nn_q8_index);
         if (p->bias) memcpy(w->bias + n0, p->bias, (size_t)p->n * sizeof(float));
         if (type == NN_Q8) memcpy(w->scale + n0, p->scale, (size_t)p->n * sizeof(float));
         n0 += p->n;
@@ -188,21 +191,25 @@ void nn_linear_free(nn_linear *w) {
     memset(w, 0, sizeof *w);
 }
 
-size_t nn_linear_weight_bytes(const nn_linear *w) { return (size_t)w->K * padded(w->N) * type_size(w->type); }
+size_t nn_linear_weight_bytes(const nn_linear *w) {
+    return (w->K > 0 ? packed_k(w->type, w->K) : 0) * padded(w->N) * type_size(w->type);
+}
 
-/* Element i of the panels as fp32 (dequantisation by the column scale not included). */
-static float element(const nn_linear *w, size_t i) {
+/* Weight (k, column j) of the panel starting at column p, as fp32 (a q8 weight without its
+ * column scale). */
+static float element(const nn_linear *w, int p, int k, int j) {
+    const size_t panel = (size_t)p * packed_k(w->type, w->K);
     switch (w->type) {
-    case NN_F16: return nn_half_to_float(((const uint16_t *)w->panels)[i]);
-    case NN_Q8: return (float)((const int8_t *)w->panels)[i];
-    default: return ((const float *)w->panels)[i];
+    case NN_F16: return nn_half_to_float(((const uint16_t *)w->panels)[panel + PLAIN_INDEX(k, j)]);
+    case NN_Q8: return (float)((const int8_t *)w->panels)[panel + nn_q8_index(k, j)];
+    default: return ((const float *)w->panels)[panel + PLAIN_INDEX(k, j)];
     }
 }
 
 void nn_linear_column(const nn_linear *w, int n, float *out) {
-    size_t base = (size_t)(n / NN_PANEL) * w->K * NN_PANEL + n % NN_PANEL;
+    const int p = n / NN_PANEL * NN_PANEL;
     for (int k = 0; k < w->K; k++) {
-        float v = element(w, base + (size_t)k * NN_PANEL);
+        float v = element(w, p, k, n - p);
         out[k] = w->type == NN_Q8 ? v * w->scale[n] : v;
     }
 }
@@ -216,26 +223,17 @@ void nn_linear_naive(float *y, const float *x, const float *weight_kn, const flo
         }
 }
 
-/* ---- kernels ----
- * A tile: one panel (p = its first column) against `rows` rows of x (rows <= TILE_ROWS),
- * written to out (rows × NN_PANEL, row stride out_stride). */
-
-typedef void (*tile_fn)(float *out, size_t out_stride, const float *x, size_t x_stride, const nn_linear *w, int p,
-                        int rows);
+/* ---- fp32 and f16 kernels (tile_fn, row_fn: linear_internal.h; q8: linear_q8.c) ---- */
 
 /* Portable twin of the vector tiles: the same fma chain per element. */
 static void tile_portable(float *out, size_t out_stride, const float *x, size_t x_stride, const nn_linear *w, int p,
                           int rows) {
-    const int K = w->K, q8 = w->type == NN_Q8;
-    const size_t base = (size_t)p * K;
     for (int r = 0; r < rows; r++) {
         float acc[NN_PANEL];
-        for (int j = 0; j < NN_PANEL; j++) acc[j] = q8 ? 0.0f : w->bias[p + j];
+        for (int j = 0; j < NN_PANEL; j++) acc[j] = w->bias[p + j];
         const float *xr = x + (size_t)r * x_stride;
-        for (int k = 0; k < K; k++)
-            for (int j = 0; j < NN_PANEL; j++) acc[j] = fmaf(xr[k], element(w, base + (size_t)k * NN_PANEL + j), acc[j]);
-        if (q8)
-            for (int j = 0; j < NN_PANEL; j++) acc[j] = fmaf(acc[j], w->scale[p + j], w->bias[p + j]);
+        for (int k = 0; k < w->K; k++)
+            for (int j = 0; j < NN_PANEL; j++) acc[j] = fmaf(xr[k], element(w, p, k, j), acc[j]);
         memcpy(out + (size_t)r * out_stride, acc, sizeof acc);
     }
 }
@@ -251,13 +249,6 @@ static void tile_portable(float *out, size_t out_stride, const float *x, size_t 
         a##r##0 = _mm256_fmadd_ps(xv, w0, a##r##0);                                                    \
         a##r##1 = _mm256_fmadd_ps(xv, w1, a##r##1);                                                    \
     } while (0)
-#define AVX2_STORE(r)                                                                                  \
-    do {                                                                                               \
-        if (r < rows) {                                                                                \
-            _mm256_storeu_ps(out + (size_t)r * out_stride, _mm256_fmadd_ps(a##r##0, s0, c0));          \
-            _mm256_storeu_ps(out + (size_t)r * out_stride + 8, _mm256_fmadd_ps(a##r##1, s1, c1));      \
-        }                                                                                              \
-    } while (0)
 #define AVX2_STORE_PLAIN(r)                                                                            \
     do {                                                                                               \
         if (r < rows) {                                                                                \
@@ -266,9 +257,8 @@ static void tile_portable(float *out, size_t out_stride, const float *x, size_t 
         }                                                                                              \
     } while (0)
 
-/* Q8 starts its sums at 0 and applies fma(acc, scale, bias) at the end; the others start at the
- * bias and store the sums as they are. */
-#define DEFINE_TILE(name, targets, elem_t, LOAD_W, Q8)                                                 \
+/* The sums start at the bias. */
+#define DEFINE_TILE(name, targets, elem_t, LOAD_W)                                                 \
     __attribute__((target(targets))) static void name(float *out, size_t out_stride, const float *x,  \
                                                       size_t x_stride, const nn_linear *w, int p,      \
                                                       int rows) {                                      \
@@ -277,9 +267,8 @@ static void tile_portable(float *out, size_t out_stride, const float *x, size_t 
         const float *xr[TILE_ROWS];                                                                    \
         for (int r = 0; r < TILE_ROWS; r++) xr[r] = x + (size_t)(r < rows ? r : rows - 1) * x_stride;  \
         const __m256 c0 = _mm256_load_ps(w->bias + p), c1 = _mm256_load_ps(w->bias + p + 8);           \
-        const __m256 i0 = Q8 ? _mm256_setzero_ps() : c0, i1 = Q8 ? _mm256_setzero_ps() : c1;           \
-        __m256 a00 = i0, a01 = i1, a10 = i0, a11 = i1, a20 = i0, a21 = i1;                             \
-        __m256 a30 = i0, a31 = i1, a40 = i0, a41 = i1, a50 = i0, a51 = i1;                             \
+        __m256 a00 = c0, a01 = c1, a10 = c0, a11 = c1, a20 = c0, a21 = c1;                             \
+        __m256 a30 = c0, a31 = c1, a40 = c0, a41 = c1, a50 = c0, a51 = c1;                             \
         for (int k = 0; k < K; k++) {                                                                  \
             __m256 w0, w1;                                                                             \
             LOAD_W(panel + (size_t)k * NN_PANEL);                                                      \
@@ -290,22 +279,12 @@ static void tile_portable(float *out, size_t out_stride, const float *x, size_t 
             AVX2_ROW(4);                                                                               \
             AVX2_ROW(5);                                                                               \
         }                                                                                              \
-        if (Q8) {                                                                                      \
-            const __m256 s0 = _mm256_load_ps(w->scale + p), s1 = _mm256_load_ps(w->scale + p + 8);     \
-            AVX2_STORE(0);                                                                             \
-            AVX2_STORE(1);                                                                             \
-            AVX2_STORE(2);                                                                             \
-            AVX2_STORE(3);                                                                             \
-            AVX2_STORE(4);                                                                             \
-            AVX2_STORE(5);                                                                             \
-        } else {                                                                                       \
-            AVX2_STORE_PLAIN(0);                                                                       \
-            AVX2_STORE_PLAIN(1);                                                                       \
-            AVX2_STORE_PLAIN(2);                                                                       \
-            AVX2_STORE_PLAIN(3);                                                                       \
-            AVX2_STORE_PLAIN(4);                                                                       \
-            AVX2_STORE_PLAIN(5);                                                                       \
-        }                                                                                              \
+        AVX2_STORE_PLAIN(0);                                                                       \
+        AVX2_STORE_PLAIN(1);                                                                       \
+        AVX2_STORE_PLAIN(2);                                                                       \
+        AVX2_STORE_PLAIN(3);                                                                       \
+        AVX2_STORE_PLAIN(4);                                                                       \
+        AVX2_STORE_PLAIN(5);                                                                       \
     }
 
 #define LOAD_F32(at)                                                                                   \
@@ -318,27 +297,19 @@ static void tile_portable(float *out, size_t out_stride, const float *x, size_t 
         w0 = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(at)));                                   \
         w1 = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)((at) + 8)));                             \
     } while (0)
-#define LOAD_Q8(at)                                                                                    \
-    do {                                                                                               \
-        const __m128i q = _mm_load_si128((const __m128i *)(at));                                       \
-        w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));                                              \
-        w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8)));                           \
-    } while (0)
-
-DEFINE_TILE(tile_f32_avx2, "avx2,fma", float, LOAD_F32, 0)
-DEFINE_TILE(tile_f16_avx2, "avx2,fma,f16c", uint16_t, LOAD_F16, 0)
-DEFINE_TILE(tile_q8_avx2, "avx2,fma", int8_t, LOAD_Q8, 1)
+DEFINE_TILE(tile_f32_avx2, "avx2,fma", float, LOAD_F32)
+DEFINE_TILE(tile_f16_avx2, "avx2,fma,f16c", uint16_t, LOAD_F16)
 
 /* One row against four panels at once: a decoder step with one sequence is a matrix-vector
  * product, and a single row's 2 accumulators would leave the FMA units waiting on their own
  * latency. Same fma chain per element as the tiles. */
-#define DEFINE_ROW4(name, targets, elem_t, LOAD_W, Q8)                                                 \
+#define DEFINE_ROW4(name, targets, elem_t, LOAD_W)                                                 \
     __attribute__((target(targets))) static void name(float *out, const float *x, const nn_linear *w, int p) { \
         const int K = w->K;                                                                            \
         const size_t panel_len = (size_t)K * NN_PANEL;                                                 \
         const elem_t *panels = (const elem_t *)w->panels + (size_t)p * K;                              \
         __m256 acc[8];                                                                                 \
-        for (int i = 0; i < 8; i++) acc[i] = Q8 ? _mm256_setzero_ps() : _mm256_load_ps(w->bias + p + 8 * i); \
+        for (int i = 0; i < 8; i++) acc[i] = _mm256_load_ps(w->bias + p + 8 * i);                    \
         for (int k = 0; k < K; k++) {                                                                  \
             const __m256 xv = _mm256_broadcast_ss(x + k);                                              \
             for (int j = 0; j < 4; j++) {                                                              \
@@ -348,21 +319,15 @@ DEFINE_TILE(tile_q8_avx2, "avx2,fma", int8_t, LOAD_Q8, 1)
                 acc[2 * j + 1] = _mm256_fmadd_ps(xv, w1, acc[2 * j + 1]);                              \
             }                                                                                          \
         }                                                                                              \
-        for (int i = 0; i < 8; i++) {                                                                  \
-            __m256 v = acc[i];                                                                         \
-            if (Q8) v = _mm256_fmadd_ps(v, _mm256_load_ps(w->scale + p + 8 * i), _mm256_load_ps(w->bias + p + 8 * i)); \
-            _mm256_storeu_ps(out + 8 * i, v);                                                          \
-        }                                                                                              \
+        for (int i = 0; i < 8; i++) _mm256_storeu_ps(out + 8 * i, acc[i]);                             \
     }
 
-DEFINE_ROW4(row4_f32_avx2, "avx2,fma", float, LOAD_F32, 0)
-DEFINE_ROW4(row4_f16_avx2, "avx2,fma,f16c", uint16_t, LOAD_F16, 0)
-DEFINE_ROW4(row4_q8_avx2, "avx2,fma", int8_t, LOAD_Q8, 1)
+DEFINE_ROW4(row4_f32_avx2, "avx2,fma", float, LOAD_F32)
+DEFINE_ROW4(row4_f16_avx2, "avx2,fma,f16c", uint16_t, LOAD_F16)
 /* AVX-512: one vector of 16 floats is a whole panel. ZLOAD_<type>(at) widens the panel's 16
  * weights at `at` to fp32. */
 #define ZLOAD_F32(at) _mm512_load_ps(at)
 #define ZLOAD_F16(at) _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(at)))
-#define ZLOAD_Q8(at) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)(at))))
 
 #define Z4_ROW(r)                                                                                      \
     do {                                                                                               \
@@ -372,26 +337,23 @@ DEFINE_ROW4(row4_q8_avx2, "avx2,fma", int8_t, LOAD_Q8, 1)
         a##r##2 = _mm512_fmadd_ps(xv, w2, a##r##2);                                                    \
         a##r##3 = _mm512_fmadd_ps(xv, w3, a##r##3);                                                    \
     } while (0)
-#define Z_OUT(v, j)                                                                                    \
-    (Q8 ? _mm512_fmadd_ps(v, _mm512_load_ps(w->scale + p + 16 * (j)), _mm512_load_ps(w->bias + p + 16 * (j))) : (v))
 #define Z4_STORE(r)                                                                                    \
     do {                                                                                               \
         if (r < rows) {                                                                                \
             float *o = out + (size_t)(r) * out_stride;                                                 \
-            _mm512_storeu_ps(o, Z_OUT(a##r##0, 0));                                                    \
-            _mm512_storeu_ps(o + 16, Z_OUT(a##r##1, 1));                                               \
-            _mm512_storeu_ps(o + 32, Z_OUT(a##r##2, 2));                                               \
-            _mm512_storeu_ps(o + 48, Z_OUT(a##r##3, 3));                                               \
+            _mm512_storeu_ps(o, a##r##0);                                                    \
+            _mm512_storeu_ps(o + 16, a##r##1);                                               \
+            _mm512_storeu_ps(o + 32, a##r##2);                                               \
+            _mm512_storeu_ps(o + 48, a##r##3);                                               \
         }                                                                                              \
     } while (0)
-#define Z_INIT(j) (Q8 ? _mm512_setzero_ps() : _mm512_load_ps(w->bias + p + 16 * (j)))
+#define Z_INIT(j) _mm512_load_ps(w->bias + p + 16 * (j))
 
 /* Four panels (p: the first one's first column) × up to TILE_ROWS rows. */
-#define DEFINE_TILE4_Z(name, elem_t, ZLOAD, IS_Q8, STREAM)                                                \
+#define DEFINE_TILE4_Z(name, elem_t, ZLOAD, STREAM)                                                \
     __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c"))) static void name(     \
         float *out, size_t out_stride, const float *x, size_t x_stride, const nn_linear *w, int p,     \
         int rows) {                                                                                    \
-        enum { Q8 = IS_Q8 };                                                                           \
         const int K = w->K;                                                                            \
         const size_t len = (size_t)K * NN_PANEL;                                                       \
         const elem_t *q0 = (const elem_t *)w->panels + (size_t)p * K, *q1 = q0 + len, *q2 = q1 + len,  \
@@ -433,13 +395,12 @@ DEFINE_ROW4(row4_q8_avx2, "avx2,fma", int8_t, LOAD_Q8, 1)
 #define Z1_ROW(r) a##r = _mm512_fmadd_ps(_mm512_set1_ps(xr[r][k]), w0, a##r)
 #define Z1_STORE(r)                                                                                    \
     do {                                                                                               \
-        if (r < rows) _mm512_storeu_ps(out + (size_t)(r) * out_stride, Z_OUT(a##r, 0));                \
+        if (r < rows) _mm512_storeu_ps(out + (size_t)(r) * out_stride, a##r);                \
     } while (0)
-#define DEFINE_TILE1_Z(name, elem_t, ZLOAD, IS_Q8)                                                        \
+#define DEFINE_TILE1_Z(name, elem_t, ZLOAD)                                                        \
     __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c"))) static void name(     \
         float *out, size_t out_stride, const float *x, size_t x_stride, const nn_linear *w, int p,     \
         int rows) {                                                                                    \
-        enum { Q8 = IS_Q8 };                                                                           \
         const int K = w->K;                                                                            \
         const elem_t *q0 = (const elem_t *)w->panels + (size_t)p * K;                                  \
         const float *xr[TILE_ROWS];                                                                    \
@@ -462,13 +423,6 @@ DEFINE_ROW4(row4_q8_avx2, "avx2,fma", int8_t, LOAD_Q8, 1)
         Z1_STORE(5);                                                                                   \
     }
 
-/* How far ahead (bytes) each weight stream of a matrix-vector product is prefetched. The
- * hardware prefetchers alone left the decoder well below the memory's speed on eight streams
- * per core (on the README's benchmark machine, a ViT-base/GPT-2 decoder step on 2 threads went
- * from 15.3 to about 11 ms in fp32 and from 8.0 to about 4.7 ms in q8 with these distances;
- * 256 B to 4 KiB all did about as well, within that machine's run-to-run noise). */
-#define PREFETCH_BYTES(elem_size) ((elem_size) == 4 ? 512 : 1024)
-
 /* One row × NP panels (NP <= 8): the matrix-vector product of a decoder step. Eight
  * independent chains keep both FMA units busy despite their latency, and eight weight streams
  * run at once; the shorter kernels finish a layer whose panel count is not a multiple of 8.
@@ -478,11 +432,11 @@ DEFINE_ROW4(row4_q8_avx2, "avx2,fma", int8_t, LOAD_Q8, 1)
 #define ZR_ACC(j, ZLOAD)                                                                               \
     if (NP > j) a##j = _mm512_fmadd_ps(xv, ZLOAD(q##j + at), a##j)
 #define ZR_STORE(j)                                                                                    \
-    if (NP > j) _mm512_storeu_ps(out + 16 * (j), Z_OUT(a##j, j))
-#define DEFINE_ROWN_Z(name, elem_t, ZLOAD, IS_Q8, NP_)                                                 \
+    if (NP > j) _mm512_storeu_ps(out + 16 * (j), a##j)
+#define DEFINE_ROWN_Z(name, elem_t, ZLOAD, NP_)                                                 \
     __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c"))) static void name(     \
         float *out, const float *x, const nn_linear *w, int p) {                                       \
-        enum { Q8 = IS_Q8, NP = NP_ };                                                                 \
+        enum { NP = NP_ };                                                                 \
         const int K = w->K;                                                                            \
         const size_t len = (size_t)K * NN_PANEL;                                                       \
         const elem_t *q0 = (const elem_t *)w->panels + (size_t)p * K, *q1 = q0 + len, *q2 = q1 + len,  \
@@ -523,65 +477,45 @@ DEFINE_ROW4(row4_q8_avx2, "avx2,fma", int8_t, LOAD_Q8, 1)
         ZR_STORE(6);                                                                                   \
         ZR_STORE(7);                                                                                   \
     }
-#define DEFINE_ROWS_Z(prefix, elem_t, ZLOAD, IS_Q8)                                                    \
-    DEFINE_ROWN_Z(prefix##1, elem_t, ZLOAD, IS_Q8, 1)                                                  \
-    DEFINE_ROWN_Z(prefix##2, elem_t, ZLOAD, IS_Q8, 2)                                                  \
-    DEFINE_ROWN_Z(prefix##3, elem_t, ZLOAD, IS_Q8, 3)                                                  \
-    DEFINE_ROWN_Z(prefix##4, elem_t, ZLOAD, IS_Q8, 4)                                                  \
-    DEFINE_ROWN_Z(prefix##5, elem_t, ZLOAD, IS_Q8, 5)                                                  \
-    DEFINE_ROWN_Z(prefix##6, elem_t, ZLOAD, IS_Q8, 6)                                                  \
-    DEFINE_ROWN_Z(prefix##7, elem_t, ZLOAD, IS_Q8, 7)                                                  \
-    DEFINE_ROWN_Z(prefix##8, elem_t, ZLOAD, IS_Q8, 8)                                                  \
+#define DEFINE_ROWS_Z(prefix, elem_t, ZLOAD)                                                    \
+    DEFINE_ROWN_Z(prefix##1, elem_t, ZLOAD, 1)                                                  \
+    DEFINE_ROWN_Z(prefix##2, elem_t, ZLOAD, 2)                                                  \
+    DEFINE_ROWN_Z(prefix##3, elem_t, ZLOAD, 3)                                                  \
+    DEFINE_ROWN_Z(prefix##4, elem_t, ZLOAD, 4)                                                  \
+    DEFINE_ROWN_Z(prefix##5, elem_t, ZLOAD, 5)                                                  \
+    DEFINE_ROWN_Z(prefix##6, elem_t, ZLOAD, 6)                                                  \
+    DEFINE_ROWN_Z(prefix##7, elem_t, ZLOAD, 7)                                                  \
+    DEFINE_ROWN_Z(prefix##8, elem_t, ZLOAD, 8)                                                  \
     static void (*const prefix[9])(float *, const float *, const nn_linear *, int) = {                 \
         NULL, prefix##1, prefix##2, prefix##3, prefix##4, prefix##5, prefix##6, prefix##7, prefix##8};
 
-DEFINE_TILE4_Z(tile4_f32_avx512, float, ZLOAD_F32, 0, 0)
-DEFINE_TILE4_Z(tile4_f16_avx512, uint16_t, ZLOAD_F16, 0, 0)
-DEFINE_TILE4_Z(tile4_q8_avx512, int8_t, ZLOAD_Q8, 1, 0)
+DEFINE_TILE4_Z(tile4_f32_avx512, float, ZLOAD_F32, 0)
+DEFINE_TILE4_Z(tile4_f16_avx512, uint16_t, ZLOAD_F16, 0)
 /* The same tiles prefetching their weights, for products of a few rows (decoder steps of
  * several beams or images), which stream the weights from memory like the single rows do. */
-DEFINE_TILE4_Z(tile4s_f32_avx512, float, ZLOAD_F32, 0, 1)
-DEFINE_TILE4_Z(tile4s_f16_avx512, uint16_t, ZLOAD_F16, 0, 1)
-DEFINE_TILE4_Z(tile4s_q8_avx512, int8_t, ZLOAD_Q8, 1, 1)
-DEFINE_TILE1_Z(tile1_f32_avx512, float, ZLOAD_F32, 0)
-DEFINE_TILE1_Z(tile1_f16_avx512, uint16_t, ZLOAD_F16, 0)
-DEFINE_TILE1_Z(tile1_q8_avx512, int8_t, ZLOAD_Q8, 1)
-DEFINE_ROWS_Z(rows_f32_avx512, float, ZLOAD_F32, 0)
-DEFINE_ROWS_Z(rows_f16_avx512, uint16_t, ZLOAD_F16, 0)
-DEFINE_ROWS_Z(rows_q8_avx512, int8_t, ZLOAD_Q8, 1)
+DEFINE_TILE4_Z(tile4s_f32_avx512, float, ZLOAD_F32, 1)
+DEFINE_TILE4_Z(tile4s_f16_avx512, uint16_t, ZLOAD_F16, 1)
+DEFINE_TILE1_Z(tile1_f32_avx512, float, ZLOAD_F32)
+DEFINE_TILE1_Z(tile1_f16_avx512, uint16_t, ZLOAD_F16)
+DEFINE_ROWS_Z(rows_f32_avx512, float, ZLOAD_F32)
+DEFINE_ROWS_Z(rows_f16_avx512, uint16_t, ZLOAD_F16)
 #endif
-
-typedef void (*row_fn)(float *out, const float *x, const nn_linear *w, int p);
-
-/* A kernel family for one weight type: a tile of `group` panels (group 1: tile1 itself) and a
- * single-row kernel over row_panels panels (NULL: single rows go through the tiles), with
- * row_short[n] for a last group of n < row_panels panels (NULL: tile1 panel by panel). */
-typedef struct {
-    tile_fn tile1, tile_group;
-    int group;
-    row_fn row;
-    int row_panels;
-    row_fn const *row_short;
-    tile_fn tile_group_stream; /* tile_group with prefetching, for T <= STREAM_ROWS; NULL: tile_group */
-} kernels;
 
 /* Up to this many rows a product reads each weight about once from memory (see tile4s). */
 #define STREAM_ROWS (2 * TILE_ROWS)
 
 static kernels pick_kernels(nn_weight_type type) {
+    const nn_isa isa = nn_cpu_isa();
+    if (type == NN_Q8) return nn_q8_kernels(isa);
     kernels k = {tile_portable, tile_portable, 1, NULL, 0, NULL, NULL};
 #ifdef NN_HAVE_X86
-    const nn_isa isa = nn_cpu_isa();
     if (isa == NN_ISA_AVX512) {
         if (type == NN_F32)
             k = (kernels){tile1_f32_avx512, tile4_f32_avx512, 4, rows_f32_avx512[8], 8, rows_f32_avx512, tile4s_f32_avx512};
         if (type == NN_F16)
             k = (kernels){tile1_f16_avx512, tile4_f16_avx512, 4, rows_f16_avx512[8], 8, rows_f16_avx512, tile4s_f16_avx512};
-        if (type == NN_Q8)
-            k = (kernels){tile1_q8_avx512, tile4_q8_avx512, 4, rows_q8_avx512[8], 8, rows_q8_avx512, tile4s_q8_avx512};
     } else if (isa == NN_ISA_AVX2) {
         if (type == NN_F32) k = (kernels){tile_f32_avx2, tile_f32_avx2, 1, row4_f32_avx2, 4, NULL, NULL};
-        if (type == NN_Q8) k = (kernels){tile_q8_avx2, tile_q8_avx2, 1, row4_q8_avx2, 4, NULL, NULL};
         if (type == NN_F16 && nn_cpu_has_f16c())
             k = (kernels){tile_f16_avx2, tile_f16_avx2, 1, row4_f16_avx2, 4, NULL, NULL};
     }
@@ -663,11 +597,11 @@ static void run_item(const kernels *kern, float *y, size_t y_stride, const float
  * region. */
 #define PARALLEL_MIN_FMAS 262144
 
-void nn_linear_forward(float *y, size_t y_stride, const float *x, size_t x_stride, const nn_linear *w, int T) {
+/* The product once x is in the form the kernels read (fp32, or quantised rows for q8). */
+static void forward(float *y, size_t y_stride, const float *x, size_t x_stride, const nn_linear *w, int T) {
     const int K = w->K, N = w->N;
     const int n_panels = (int)(padded(N) / NN_PANEL);
     const kernels kern = pick_kernels(w->type);
-    if (T <= 0 || N <= 0) return;
     const int parallel = (size_t)T * K * N > PARALLEL_MIN_FMAS && !omp_in_parallel();
 
     if (T == 1 && kern.row) {
@@ -696,4 +630,35 @@ void nn_linear_forward(float *y, size_t y_stride, const float *x, size_t x_strid
     }
 #pragma omp parallel for schedule(static)
     for (long it = 0; it < items; it++) run_item(&k_use, y, y_stride, x, x_stride, w, T, chunk_rows, groups, it);
+}
+
+/* Quantised activation rows up to this size stay on the stack (a decoder step's rows); larger
+ * ones (an encoder's) go to the heap, or through the stack buffer a few rows at a time when
+ * the heap has no room (and a row too long even for that gives NaN: there is no error path). */
+#define Q8_STACK_FLOATS 16384
+
+__attribute__((noinline)) static void forward_q8(float *y, size_t y_stride, const float *x, size_t x_stride,
+                                                 const nn_linear *w, int T) {
+    const size_t row = nn_q8_row_floats(w->K);
+    float stack[Q8_STACK_FLOATS] __attribute__((aligned(64)));
+    float *heap = (size_t)T * row > Q8_STACK_FLOATS ? malloc((size_t)T * row * sizeof *heap) : NULL;
+    float *buf = heap ? heap : stack;
+    const int step = heap ? T : (int)(Q8_STACK_FLOATS / row);
+    if (step == 0) {
+        for (int t = 0; t < T; t++)
+            for (int n = 0; n < w->N; n++) y[(size_t)t * y_stride + n] = NAN;
+        return;
+    }
+    for (int t = 0; t < T; t += step) {
+        const int rows = T - t < step ? T - t : step;
+        nn_q8_quantize(buf, x + (size_t)t * x_stride, x_stride, rows, w->K);
+        forward(y + (size_t)t * y_stride, y_stride, buf, row, w, rows);
+    }
+    free(heap);
+}
+
+void nn_linear_forward(float *y, size_t y_stride, const float *x, size_t x_stride, const nn_linear *w, int T) {
+    if (T <= 0 || w->N <= 0) return;
+    if (w->type == NN_Q8) forward_q8(y, y_stride, x, x_stride, w, T);
+    else forward(y, y_stride, x, x_stride, w, T);
 }

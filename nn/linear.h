@@ -17,11 +17,19 @@
  * rows over up to 8 panels with software prefetch), AVX2 + FMA (6 rows x 1 panel, rows over 4
  * panels) and plain C; all three compute the sequence above, so they give the same bits.
  *
- * Weights may stay in a narrower type, widened to fp32 as they stream by (a decoder step reads
- * every weight once, so its time follows the bytes):
- * - NN_F16: IEEE half; the product is the same as with the weight converted to fp32 first.
- * - NN_Q8: int8 with one fp32 scale per output column s[n] (symmetric, no zero point):
- *       acc = 0;  acc = fma(x[t][k], (float)q[k][n], acc) for k = 0 .. K-1;  y = fma(acc, s[n], b[n]) */
+ * Weights may stay in a narrower type (a decoder step reads every weight once, so its time
+ * follows the bytes):
+ * - NN_F16: IEEE half, widened to fp32 as it streams by; the product is the same as with the
+ *   weight converted to fp32 first.
+ * - NN_Q8: int8 with one fp32 scale per output column s[n] (symmetric, no zero point), and the
+ *   activations in 16-bit integers so that the products are integer dot products (nn/linear_q8.c
+ *   says why and how). Each row of x is cut into blocks of 32 values (K padded with zeros); a
+ *   block whose largest magnitude is m gets d = m / 32767 and v[k] = round(x[t][k] · (32767 / m))
+ *   (fp32 product, nearest, ties to even; a block with m < 2^-100 gets d = 0, v = 0). Then
+ *       acc = 0;  for each block b in order:  acc = fma((float) Σ_{k in b} v[k]·q[k][n], d, acc);
+ *       y = fma(acc, s[n], b[n])
+ *   with the integer sums exact. Like the fp32 sequence above, this is the same for every row
+ *   count, row position, thread count and instruction set. */
 #ifndef XCAP_NN_LINEAR_H
 #define XCAP_NN_LINEAR_H
 
@@ -78,7 +86,8 @@ nn_linear nn_linear_wrap_f32(float *panels, const float *zero_bias, int K, int N
 void nn_linear_column(const nn_linear *w, int n, float *out);
 
 /* y[T,N] = x[T,K] · W + b. x rows are x_stride floats apart, y rows y_stride (>= N). Runs on the
- * OpenMP threads set by nn_set_threads; the result does not depend on their number. */
+ * OpenMP threads set by nn_set_threads; the result does not depend on their number. NN_Q8
+ * quantises x first, into a stack buffer for a few rows and on the heap beyond 64 KiB. */
 void nn_linear_forward(float *y, size_t y_stride, const float *x, size_t x_stride, const nn_linear *w, int T);
 
 /* Bytes of weights (panels) the layer reads per call. */

@@ -30,7 +30,9 @@ static const int shapes[][3] = {{1, 1, 1},   {1, 3, 17},    {3, 17, 1},    {17, 
                                 {5, 197, 33}, {2, 130, 257}, {1, 192, 576}, {4, 192, 856}, {1, 70, 70},
                                 {13, 1, 31},  {100, 33, 40}, {6, 16, 16},   {7, 16, 48},  {1, 5, 64},
                                 /* whole groups of 4 (tiles) and 8 (rows) panels whose last panel is short */
-                                {3, 20, 60},  {1, 20, 120},  {1, 9, 250},   {13, 7, 124}, {2, 3, 64}};
+                                {3, 20, 60},  {1, 20, 120},  {1, 9, 250},   {13, 7, 124}, {2, 3, 64},
+                                /* q8 activations beyond the stack buffer (nn/linear.c) */
+                                {100, 700, 40}};
 #define N_SHAPES (sizeof shapes / sizeof *shapes)
 
 static void test_equals_naive(void) {
@@ -164,6 +166,29 @@ static void test_half(void) {
     CHECK(nn_float_to_half(0x1p-25f) == 0 && nn_float_to_half(0x1.8p-25f) == 1, "subnormal rounding");
 }
 
+/* The q8 arithmetic of linear.h, written out plainly: each row of x quantised to int16 in
+ * blocks of 32 (d = m / 32767, v = round-to-even(x * (32767 / m))), exact integer block sums
+ * with the int8 weights, one fp32 chain over the blocks, then fma(acc, s, b). */
+static void q8_reference(float *y, const float *x, const int8_t *wq, const float *s, const float *b, int T, int K,
+                         int N) {
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * K;
+        for (int n = 0; n < N; n++) {
+            float acc = 0.0f;
+            for (int k0 = 0; k0 < K; k0 += 32) {
+                const int k1 = k0 + 32 < K ? k0 + 32 : K;
+                float m = 0.0f;
+                for (int k = k0; k < k1; k++) m = fmaxf(m, fabsf(xr[k]));
+                const float inv = m > 0.0f ? 32767.0f / m : 0.0f, d = m / 32767.0f;
+                int64_t sum = 0;
+                for (int k = k0; k < k1; k++) sum += (int64_t)nearbyintf(xr[k] * inv) * wq[(size_t)k * N + n];
+                acc = fmaf((float)sum, d, acc);
+            }
+            y[(size_t)t * N + n] = fmaf(acc, s[n], b[n]);
+        }
+    }
+}
+
 /* F16 and Q8 weights: the packed kernels against plain loops with the documented arithmetic. */
 static void test_narrow_types(void) {
     for (size_t i = 0; i < N_SHAPES; i++) {
@@ -194,15 +219,17 @@ static void test_narrow_types(void) {
                 nn_linear packed;
                 CHECK(nn_linear_pack(&packed, type, nk, &part, 1, K) == 0, "pack failed");
                 nn_linear_forward(y, N, x, K, &packed, T);
-                for (int t = 0; t < T; t++)
-                    for (int n = 0; n < N; n++) {
-                        float acc = type == NN_Q8 ? 0.0f : b[n];
-                        for (int k = 0; k < K; k++) {
-                            float wv = type == NN_F16 ? nn_half_to_float(wh[(size_t)k * N + n]) : (float)wq[(size_t)k * N + n];
-                            acc = fmaf(x[(size_t)t * K + k], wv, acc);
+                if (type == NN_Q8) {
+                    q8_reference(ref, x, wq, s, b, T, K, N);
+                } else {
+                    for (int t = 0; t < T; t++)
+                        for (int n = 0; n < N; n++) {
+                            float acc = b[n];
+                            for (int k = 0; k < K; k++)
+                                acc = fmaf(x[(size_t)t * K + k], nn_half_to_float(wh[(size_t)k * N + n]), acc);
+                            ref[(size_t)t * N + n] = acc;
                         }
-                        ref[(size_t)t * N + n] = type == NN_Q8 ? fmaf(acc, s[n], b[n]) : acc;
-                    }
+                }
                 CHECK(!memcmp(y, ref, (size_t)T * N * sizeof *y), "%s %s T=%d K=%d N=%d: differs from the plain loop",
                       type == NN_F16 ? "f16" : "q8", nk ? "nk" : "kn", T, K, N);
                 float col[256];

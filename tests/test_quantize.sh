@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # xcap quantize: f16 and q8 copies of the fixture models hold exactly the documented values
 # (checked from the raw safetensors bytes with Python's standard library), load and caption;
-# a q8 model captions like the float32 model made from its own dequantised weights (which
-# catches a wrong output axis or a mislaid scale); bad uses get exit 2 or 3 and a message.
+# a q8 model captions as the PyTorch reference does with xcap's q8 arithmetic
+# (tests/fixtures/goldens/q8_captions.json, from weights/reference/make_q8_goldens.py, which
+# quantises the float checkpoints itself: this catches a wrong output axis or a mislaid scale);
+# bad uses get exit 2 or 3 and a message.
 # Usage: test_quantize.sh PATH/TO/xcap
 set -u
 XCAP=$1
@@ -88,34 +90,19 @@ def check(src_dir, out_dir, kind):
     if extra: problems.append('unexpected tensors %r' % sorted(extra))
     if problems: raise SystemExit('\n'.join(problems[:10]))
 
-def dequantise(q_dir, out_dir):
-    """A float32 model with the q8 model's own weights, W = q * s, written as plain safetensors."""
-    _, ts = read(q_dir + '/model.safetensors')
-    tied = json.load(open(q_dir + '/config.json')).get('tie_word_embeddings', True)
-    res = {}
-    for name, (dtype, shape, data) in ts.items():
-        if name.endswith('_scale'): continue
-        v = values(dtype, data)
-        if dtype == 'I8':
-            s = values('F32', ts[name + '_scale'][2]); rows = shape[0]; cols = len(v) // rows
-            nk = layout(name, tied) == 'nk'
-            v = [f32(v[i] * s[i // cols if nk else i % cols]) for i in range(len(v))]
-        res[name] = (shape, struct.pack('<%df' % len(v), *v))
-    head, off = {}, 0
-    for name, (shape, data) in res.items():
-        head[name] = {'dtype': 'F32', 'shape': shape, 'data_offsets': [off, off + len(data)]}; off += len(data)
-    h = json.dumps(head).encode(); h += b' ' * (-len(h) % 8)
-    with open(out_dir + '/model.safetensors', 'wb') as f:
-        f.write(struct.pack('<Q', len(h)) + h)
-        for name in res: f.write(res[name][1])
-
-def close_captions(a_path, b_path):
-    a = [json.loads(l) for l in open(a_path)]; b = [json.loads(l) for l in open(b_path)]
-    for x, y in zip(a, b):
-        if x['tokens'] != y['tokens']: raise SystemExit('%s: tokens %r vs %r' % (x['file'], x['tokens'], y['tokens']))
-        if abs(x['sum_logprob'] - y['sum_logprob']) > 1e-4 * max(1, abs(x['sum_logprob'])):
-            raise SystemExit('%s: sum_logprob %r vs %r' % (x['file'], x['sum_logprob'], y['sum_logprob']))
-    if len(a) != len(b) or not a: raise SystemExit('%d vs %d records' % (len(a), len(b)))
+def golden_captions(model, got_path):
+    """Same tokens as the reference's q8 captions, and sum_logprob within 3e-4 per token: given
+    the same input a q8 layer computes the reference's result, but a last-bit difference
+    upstream can round a 16-bit activation to its neighbour (see tests/test_forward.c); measured
+    here at most 1.0e-4 per token."""
+    want = json.load(open('tests/fixtures/goldens/q8_captions.json'))['models'][model]
+    got = [json.loads(l) for l in open(got_path)]
+    if len(got) != len(want): raise SystemExit('%d records, expected %d' % (len(got), len(want)))
+    for g, w in zip(got, want):
+        if g['file'] != w['file'] or g['tokens'] != w['tokens']:
+            raise SystemExit('%s: tokens %r, reference %r' % (g['file'], g['tokens'], w['tokens']))
+        if abs(g['sum_logprob'] - w['sum_logprob']) > 3e-4 * max(1, len(w['tokens'])):
+            raise SystemExit('%s: sum_logprob %r, reference %r' % (g['file'], g['sum_logprob'], w['sum_logprob']))
 
 globals()[sys.argv[1]](*sys.argv[2:])
 PYEOF
@@ -130,17 +117,7 @@ for m in tiny tiny-lmhead tiny-bf16 wide gpt2vocab; do
         run "$m $t captions" 0 "$XCAP" caption -m "$out" --json "${IMGS[@]}"
         cp "$TMP/out" "$TMP/$m-$t.jsonl"
     done
-    # The q8 model against float32 weights equal to its own dequantised ones: same tokens, and
-    # log-probabilities within 1e-4 (the sums differ only in where the scale is applied).
-    mkdir -p "$TMP/$m-deq"
-    cp "tests/fixtures/models/$m"/*.json "$TMP/$m-deq/" 2>/dev/null
-    for f in vocab.json merges.txt tokenizer.json; do
-        [ -e "tests/fixtures/models/$m/$f" ] && cp -L "tests/fixtures/models/$m/$f" "$TMP/$m-deq/"
-    done
-    py "$m q8 dequantised" dequantise "$TMP/$m-q8" "$TMP/$m-deq"
-    run "$m dequantised captions" 0 "$XCAP" caption -m "$TMP/$m-deq" --json "${IMGS[@]}"
-    cp "$TMP/out" "$TMP/$m-deq.jsonl"
-    py "$m q8 = its dequantised float32" close_captions "$TMP/$m-q8.jsonl" "$TMP/$m-deq.jsonl"
+    py "$m q8 captions = the reference's" golden_captions "$m" "$TMP/$m-q8.jsonl"
 done
 
 # f16 of a model keeps half weights in memory but computes the same products: its captions
