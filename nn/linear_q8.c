@@ -33,27 +33,64 @@ size_t nn_q8_row_floats(int K) {
 /* Blocks whose largest magnitude is below this are taken as zeros (32767 / m would overflow). */
 #define TINY 0x1p-100f
 
+/* One block of n <= NN_Q8_BLOCK values (the rest of the block padded with zeros). */
+static void quantize_block(const float *x, int n, int16_t *v, float *d) {
+    float m = 0.0f;
+    for (int k = 0; k < n; k++) {
+        const float a = fabsf(x[k]);
+        if (a > m) m = a; /* a NaN never wins */
+    }
+    const float inv = m >= TINY ? 32767.0f / m : 0.0f;
+    *d = m >= TINY ? m / 32767.0f : 0.0f;
+    for (int k = 0; k < n; k++) {
+        const float s = x[k] * inv; /* |s| <= 32767 up to one rounding; NaN -> 0 */
+        v[k] = (int16_t)(s >= 32767.0f ? 32767 : s <= -32767.0f ? -32767 : s == s ? lrintf(s) : 0);
+    }
+    for (int k = n; k < NN_Q8_BLOCK; k++) v[k] = 0;
+}
+
+#ifdef NN_HAVE_X86
+/* The same for a whole block, 16 lanes at a time: NaNs are set to 0 before the maximum (the
+ * maximum is exact in any order) and before rounding (the clamps then match the scalar ones),
+ * and the conversion rounds to nearest even as lrintf does. */
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) static void quantize_block_avx512(const float *x,
+                                                                                              int16_t *v, float *d) {
+    __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+    x0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x0, x0, _CMP_ORD_Q), x0);
+    x1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x1, x1, _CMP_ORD_Q), x1);
+    const float m = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+    const float inv = m >= TINY ? 32767.0f / m : 0.0f;
+    *d = m >= TINY ? m / 32767.0f : 0.0f;
+    const __m512 iv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-32767.0f), hi = _mm512_set1_ps(32767.0f);
+    __m512 s0 = _mm512_mul_ps(x0, iv), s1 = _mm512_mul_ps(x1, iv);
+    s0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s0, s0, _CMP_ORD_Q), s0); /* inf · 0 */
+    s1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s1, s1, _CMP_ORD_Q), s1);
+    s0 = _mm512_min_ps(_mm512_max_ps(s0, lo), hi);
+    s1 = _mm512_min_ps(_mm512_max_ps(s1, lo), hi);
+    _mm256_storeu_si256((__m256i *)v, _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(s0)));
+    _mm256_storeu_si256((__m256i *)(v + 16), _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(s1)));
+}
+#endif
+
 void nn_q8_quantize(float *dst, const float *x, size_t x_stride, int T, int K) {
     const int kq = nn_q8_k(K), blocks = kq / NN_Q8_BLOCK;
     const size_t stride = nn_q8_row_floats(K);
+#ifdef NN_HAVE_X86
+    const int vector = nn_cpu_isa() == NN_ISA_AVX512;
+#endif
     for (int t = 0; t < T; t++) {
         const float *xr = x + (size_t)t * x_stride;
         int16_t *v = (int16_t *)(dst + (size_t)t * stride);
         float *d = (float *)(v + kq);
         for (int b = 0; b < blocks; b++) {
-            const int k0 = b * NN_Q8_BLOCK, k1 = k0 + NN_Q8_BLOCK < K ? k0 + NN_Q8_BLOCK : K;
-            float m = 0.0f;
-            for (int k = k0; k < k1; k++) {
-                const float a = fabsf(xr[k]);
-                if (a > m) m = a; /* a NaN never wins */
+            const int k0 = b * NN_Q8_BLOCK, n = K - k0 < NN_Q8_BLOCK ? K - k0 : NN_Q8_BLOCK;
+#ifdef NN_HAVE_X86
+            if (vector && n == NN_Q8_BLOCK) {
+                quantize_block_avx512(xr + k0, v + k0, d + b);
+                continue;
             }
-            const float inv = m >= TINY ? 32767.0f / m : 0.0f;
-            d[b] = m >= TINY ? m / 32767.0f : 0.0f;
-            for (int k = k0; k < k1; k++) {
-                const float s = xr[k] * inv; /* |s| <= 32767 up to one rounding; NaN -> 0 */
-                v[k] = (int16_t)(s >= 32767.0f ? 32767 : s <= -32767.0f ? -32767 : s == s ? lrintf(s) : 0);
-            }
-            for (int k = k1; k < k0 + NN_Q8_BLOCK; k++) v[k] = 0;
+#endif
+            quantize_block(xr + k0, n, v + k0, d + b);
         }
     }
 }

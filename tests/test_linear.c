@@ -10,6 +10,7 @@
 #include "nn/cpu.h"
 #include "nn/kernels.h"
 #include "nn/linear.h"
+#include "nn/linear_internal.h"
 
 static uint64_t rng = 777;
 
@@ -251,6 +252,37 @@ static void test_narrow_types(void) {
     }
 }
 
+/* The q8 activation quantiser on awkward blocks: all zeros, below the smallest scale, with an
+ * infinity and a NaN, ties to even, and a short last block. Every instruction set must give the
+ * portable code's bytes (the first pass of main's loop keeps them in `portable`). */
+static void test_q8_quantize_special(void) {
+    enum { K = 100 };
+    static unsigned char portable[4096];
+    static int have_portable;
+    float x[K] = {0};
+    for (int k = 32; k < 64; k++) x[k] = 1e-35f * (float)(k - 40);
+    x[64] = INFINITY, x[65] = NAN, x[66] = -1.0f, x[67] = 3.0f;
+    x[70] = 32767.0f, x[71] = 2.5f, x[72] = 3.5f, x[73] = -2.5f, x[74] = -0.0f; /* scale 1: ties */
+    x[96] = -7.0f, x[97] = 1.75f, x[98] = 0.5f, x[99] = NAN;
+    for (int k = 75; k < 96; k++) x[k] = (float)k - 80.5f;
+    x[64] = 0.0f, x[65] = 0.0f; /* block 2 first plain, then again with the specials below */
+    const size_t bytes = nn_q8_row_floats(K) * sizeof(float);
+    float out[2][256];
+    nn_q8_quantize(out[0], x, K, 1, K);
+    const int16_t *v = (const int16_t *)out[0];
+    CHECK(v[70] == 32767 && v[71] == 2 && v[72] == 4 && v[73] == -2 && v[74] == 0, "ties: %d %d %d %d %d", v[70],
+          v[71], v[72], v[73], v[74]);
+    for (int k = 0; k < 64; k++) CHECK(v[k] == 0, "zero or tiny block: v[%d] = %d", k, v[k]);
+    x[64] = INFINITY, x[65] = NAN;
+    nn_q8_quantize(out[1], x, K, 1, K);
+    if (!have_portable) {
+        memcpy(portable, out, 2 * 256 * sizeof(float));
+        have_portable = 1;
+    }
+    CHECK(!memcmp(out[0], portable, bytes) && !memcmp(out[1], portable + sizeof out[0], bytes),
+          "q8 activations on %s differ from portable", nn_isa_name(nn_cpu_isa()));
+}
+
 int main(void) {
     const nn_isa best = nn_cpu_isa();
     for (int isa = NN_ISA_PORTABLE; isa <= (int)best; isa++) {
@@ -261,6 +293,7 @@ int main(void) {
         test_strides();
         test_concat();
         test_narrow_types();
+        test_q8_quantize_special();
     }
     nn_cpu_limit(best);
     test_half();
