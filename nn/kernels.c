@@ -572,7 +572,7 @@ static void attention_rows(float *out, int out_stride, float *probs, const float
                            int k_stride, const float *v, int v_stride, int Tq, int Tk, int H, int hd, float scale) {
 #pragma omp parallel if ((size_t)H * Tq * Tk * hd > 32768)
     {
-        const size_t kp = nn_linear_packed_floats(hd, Tk), vp = nn_linear_packed_floats(Tk, hd);
+        const size_t kp = nn_linear_packed_elems(hd, Tk), vp = nn_linear_packed_elems(Tk, hd);
         const size_t zb = (size_t)(Tk > hd ? Tk : hd) + NN_PANEL;
         float *work = aligned_alloc(64, ((kp + vp + zb) * sizeof(float) + 63) / 64 * 64);
         if (work) memset(work + kp + vp, 0, zb * sizeof(float));
@@ -582,7 +582,7 @@ static void attention_rows(float *out, int out_stride, float *probs, const float
             const float *qh = q + (size_t)h * hd, *kh = k + (size_t)h * hd, *vh = v + (size_t)h * hd;
             nn_linear layer;
             if (work) {
-                nn_linear_view_f32(&layer, work, work + kp + vp, kh, (size_t)k_stride, 1, hd, Tk);
+                nn_linear_view(&layer, NN_F32, work, work + kp + vp, kh, (size_t)k_stride, 1, hd, Tk);
                 nn_linear_forward(ph, (size_t)Tk, qh, (size_t)q_stride, &layer, Tq);
             } else {
                 for (int i = 0; i < Tq; i++)
@@ -595,7 +595,7 @@ static void attention_rows(float *out, int out_stride, float *probs, const float
             }
             for (int i = 0; i < Tq; i++) softmax_scaled(ph + (size_t)i * Tk, Tk, scale);
             if (work) {
-                nn_linear_view_f32(&layer, work + kp, work + kp + vp, vh, (size_t)v_stride, 0, Tk, hd);
+                nn_linear_view(&layer, NN_F32, work + kp, work + kp + vp, vh, (size_t)v_stride, 0, Tk, hd);
                 nn_linear_forward(oh, (size_t)out_stride, ph, (size_t)Tk, &layer, Tq);
             } else {
                 for (int i = 0; i < Tq; i++) {

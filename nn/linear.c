@@ -158,30 +158,38 @@ int nn_linear_pack_nk_concat(nn_linear *w, const float *const *parts, const floa
     return nn_linear_pack(w, NN_F32, 1, list, count, K);
 }
 
-size_t nn_linear_packed_floats(int K, int N) { return (size_t)(K > 0 ? K : 1) * padded(N); }
+size_t nn_linear_packed_elems(int K, int N) { return (size_t)(K > 0 ? K : 1) * padded(N); }
 
-void nn_linear_view_f32(nn_linear *w, float *panels, const float *zero_bias, const float *src, size_t src_stride,
-                        int stored_nk, int K, int N) {
+/* One panel of a view: the source's columns n0 .. n0+cols-1, converted by CONVERT, reading the
+ * source along its rows. */
+#define VIEW_PANEL(elem_t, CONVERT)                                                                    \
+    do {                                                                                               \
+        elem_t *out = (elem_t *)panels + (size_t)p * K * NN_PANEL;                                     \
+        if (cols < NN_PANEL) memset(out, 0, (size_t)K * NN_PANEL * sizeof *out);                       \
+        if (stored_nk) { /* a source row per column: write it down the panel */                        \
+            for (int j = 0; j < cols; j++)                                                             \
+                for (int k = 0; k < K; k++)                                                            \
+                    out[PLAIN_INDEX(k, j)] = CONVERT(src[(size_t)(n0 + j) * src_stride + k]);          \
+        } else {                                                                                       \
+            for (int k = 0; k < K; k++)                                                                \
+                for (int j = 0; j < cols; j++) out[PLAIN_INDEX(k, j)] = CONVERT(src[(size_t)k * src_stride + n0 + j]); \
+        }                                                                                              \
+    } while (0)
+#define AS_IS(v) (v)
+
+void nn_linear_view(nn_linear *w, nn_weight_type type, void *panels, const float *zero_bias, const float *src,
+                    size_t src_stride, int stored_nk, int K, int N) {
     const int n_panels = (int)(padded(N) / NN_PANEL);
     for (int p = 0; p < n_panels; p++) {
-        float *out = panels + (size_t)p * K * NN_PANEL;
         const int n0 = p * NN_PANEL, cols = N - n0 < NN_PANEL ? N - n0 : NN_PANEL;
-        if (cols < NN_PANEL) memset(out, 0, (size_t)K * NN_PANEL * sizeof *out);
-        if (stored_nk) { /* a source row per column: read it along, write down the panel */
-            for (int j = 0; j < cols; j++) {
-                const float *row = src + (size_t)(n0 + j) * src_stride;
-                for (int k = 0; k < K; k++) out[(size_t)k * NN_PANEL + j] = row[k];
-            }
-        } else {
-            for (int k = 0; k < K; k++)
-                memcpy(out + (size_t)k * NN_PANEL, src + (size_t)k * src_stride + n0, (size_t)cols * sizeof *out);
-        }
+        if (type == NN_F16) VIEW_PANEL(uint16_t, nn_float_to_half);
+        else VIEW_PANEL(float, AS_IS);
     }
-    *w = nn_linear_wrap_f32(panels, zero_bias, K, N);
+    *w = nn_linear_wrap(type, panels, zero_bias, K, N);
 }
 
-nn_linear nn_linear_wrap_f32(float *panels, const float *zero_bias, int K, int N) {
-    return (nn_linear){.type = NN_F32, .panels = panels, .bias = (float *)zero_bias, .scale = NULL, .K = K, .N = N};
+nn_linear nn_linear_wrap(nn_weight_type type, void *panels, const float *zero_bias, int K, int N) {
+    return (nn_linear){.type = type, .panels = panels, .bias = (float *)zero_bias, .scale = NULL, .K = K, .N = N};
 }
 
 void nn_linear_free(nn_linear *w) {

@@ -70,15 +70,16 @@ int nn_linear_pack_nk_concat(nn_linear *w, const float *const *parts, const floa
 void nn_linear_free(nn_linear *w);
 
 /* A layer over memory the caller owns, for weights that change from call to call (attention's
- * keys and values): packs the fp32 matrix src into `panels` (nn_linear_packed_floats(K, N)
- * floats, 64-byte aligned), with no bias (`zero_bias`: round_up(N, NN_PANEL) zeros, 64-byte
- * aligned). src is [K rows][N] (stored_nk 0) or [N rows][K] (stored_nk 1), src_stride floats
- * between its rows. Not to be freed with nn_linear_free. */
-size_t nn_linear_packed_floats(int K, int N);
-void nn_linear_view_f32(nn_linear *w, float *panels, const float *zero_bias, const float *src, size_t src_stride,
-                        int stored_nk, int K, int N);
-/* The layer over panels packed earlier by nn_linear_view_f32 (same K, N), without packing. */
-nn_linear nn_linear_wrap_f32(float *panels, const float *zero_bias, int K, int N);
+ * keys and values): packs the fp32 matrix src into `panels` as type NN_F32 or NN_F16 (rounded
+ * to nearest half), nn_linear_packed_elems(K, N) elements, 64-byte aligned, with no bias
+ * (`zero_bias`: round_up(N, NN_PANEL) zeros, 64-byte aligned). src is [K rows][N] (stored_nk 0)
+ * or [N rows][K] (stored_nk 1), src_stride floats between its rows. Not to be freed with
+ * nn_linear_free. */
+size_t nn_linear_packed_elems(int K, int N);
+void nn_linear_view(nn_linear *w, nn_weight_type type, void *panels, const float *zero_bias, const float *src,
+                    size_t src_stride, int stored_nk, int K, int N);
+/* The layer over panels packed earlier by nn_linear_view (same type, K, N), without packing. */
+nn_linear nn_linear_wrap(nn_weight_type type, void *panels, const float *zero_bias, int K, int N);
 
 /* out[k] = W[k][n] for k < K, dequantised (·s[n] for NN_Q8): one column of the weight, read
  * back from the panels (a tied GPT-2 looks its token embeddings up in the packed output

@@ -87,7 +87,7 @@ float max_abs_diff(const float *a, const float *b, size_t n) {
     return m;
 }
 
-int check_close_npy(const char *what, const float *got, size_t n, const char *path, float tol) {
+int check_close_npy_rel(const char *what, const float *got, size_t n, const char *path, float tol, float rel) {
     npy_array g;
     if (npy_load(path, &g) != 0) {
         CHECK(0, "%s: golden %s missing", what, path);
@@ -97,12 +97,27 @@ int check_close_npy(const char *what, const float *got, size_t n, const char *pa
     CHECK(ok, "%s: golden %s has %zu elements of type %c, expected %zu floats", what, path,
           g.count, g.dtype, n);
     if (ok) {
-        float d = max_abs_diff(got, (const float *)g.data, n);
-        ok = d <= tol;
-        CHECK(ok, "%s: max |diff| %.3g > %.3g (golden %s)", what, d, tol, path);
+        const float *want = (const float *)g.data;
+        size_t worst = 0;
+        float worst_excess = -INFINITY;
+        for (size_t i = 0; i < n; i++) {
+            float excess = fabsf(got[i] - want[i]) - (tol + rel * fabsf(want[i]));
+            if (excess != excess) { /* a NaN fails */
+                worst_excess = excess, worst = i;
+                break;
+            }
+            if (excess > worst_excess) worst_excess = excess, worst = i;
+        }
+        ok = n == 0 || worst_excess <= 0.0f;
+        CHECK(ok, "%s: element %zu is %.7g, golden %.7g: |diff| above %.3g + %.3g x |golden| (golden %s)", what,
+              worst, got[worst], want[worst], tol, rel, path);
     }
     npy_free(&g);
     return ok;
+}
+
+int check_close_npy(const char *what, const float *got, size_t n, const char *path, float tol) {
+    return check_close_npy_rel(what, got, n, path, tol, 0.0f);
 }
 
 uint64_t test_rng_next(uint64_t *s) {

@@ -44,6 +44,8 @@ float max_abs_diff(const float *a, const float *b, size_t n);
 /* Checks that got matches the float32 golden at path within tol (shape by element count);
  * reports the largest difference. Returns 1 when it matched. */
 int check_close_npy(const char *what, const float *got, size_t n, const char *path, float tol);
+/* The same with |got - golden| <= tol + rel * |golden| per element. */
+int check_close_npy_rel(const char *what, const float *got, size_t n, const char *path, float tol, float rel);
 
 /* Deterministic pseudo-random numbers for tests. */
 uint64_t test_rng_next(uint64_t *s);

@@ -91,17 +91,18 @@ def check(src_dir, out_dir, kind):
     if problems: raise SystemExit('\n'.join(problems[:10]))
 
 def golden_captions(model, got_path):
-    """Same tokens as the reference's q8 captions, and sum_logprob within 3e-4 per token: given
+    """Same tokens as the reference's q8 captions, and sum_logprob within 5e-4 per token: given
     the same input a q8 layer computes the reference's result, but a last-bit difference
-    upstream can round a 16-bit activation to its neighbour (see tests/test_forward.c); measured
-    here at most 1.0e-4 per token."""
+    upstream can round a 16-bit activation, or a cross-attention key or value kept in half
+    precision, to its neighbour (see tests/test_forward.c); measured here at most 2.3e-4 per
+    token."""
     want = json.load(open('tests/fixtures/goldens/q8_captions.json'))['models'][model]
     got = [json.loads(l) for l in open(got_path)]
     if len(got) != len(want): raise SystemExit('%d records, expected %d' % (len(got), len(want)))
     for g, w in zip(got, want):
         if g['file'] != w['file'] or g['tokens'] != w['tokens']:
             raise SystemExit('%s: tokens %r, reference %r' % (g['file'], g['tokens'], w['tokens']))
-        if abs(g['sum_logprob'] - w['sum_logprob']) > 3e-4 * max(1, len(w['tokens'])):
+        if abs(g['sum_logprob'] - w['sum_logprob']) > 5e-4 * max(1, len(w['tokens'])):
             raise SystemExit('%s: sum_logprob %r, reference %r' % (g['file'], g['sum_logprob'], w['sum_logprob']))
 
 globals()[sys.argv[1]](*sys.argv[2:])

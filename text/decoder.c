@@ -11,11 +11,11 @@
 /* Zero-sized buffers (a model with no layers) still get a valid pointer. */
 static float *alloc_floats(size_t n) { return malloc((n ? n : 1) * sizeof(float)); }
 
-/* Asks for a[0..n) and b[0..n) to be brought into the cache, one request per 64-byte line. */
-static void prefetch_floats(const float *a, const float *b, size_t n) {
-    for (size_t i = 0; i < n; i += 16) {
-        __builtin_prefetch(a + i, 0, 3);
-        __builtin_prefetch(b + i, 0, 3);
+/* Asks for a[0..n) and b[0..n) (bytes) to be brought into the cache, one request per 64-byte line. */
+static void prefetch_bytes(const void *a, const void *b, size_t n) {
+    for (size_t i = 0; i < n; i += 64) {
+        __builtin_prefetch((const char *)a + i, 0, 3);
+        __builtin_prefetch((const char *)b + i, 0, 3);
     }
 }
 
@@ -37,10 +37,11 @@ int decoder_run_init_images(decoder_run *r, const xcap_config *c, int max_slots,
     r->self_k = alloc_floats(L * S * T * E);
     r->self_v = alloc_floats(L * S * T * E);
     size_t Hd = c->dec_heads, hd = E / Hd;
-    r->cross_k_floats = nn_linear_packed_floats((int)hd, (int)M);
-    r->cross_v_floats = nn_linear_packed_floats((int)M, (int)hd);
+    r->cross_k_elems = nn_linear_packed_elems((int)hd, (int)M);
+    r->cross_v_elems = nn_linear_packed_elems((int)M, (int)hd);
     size_t zeros = ((M > hd ? M : hd) + 15) / 16 * 16;
-    r->cross = aligned_floats(I * L * Hd * (r->cross_k_floats + r->cross_v_floats));
+    r->cross = aligned_floats(I * L * Hd * (r->cross_k_elems + r->cross_v_elems));
+    r->cross_type = calloc(L ? L : 1, sizeof *r->cross_type); /* NN_F32 until decoder_cross_kv_image */
     r->zeros = aligned_floats(zeros);
     if (r->zeros) memset(r->zeros, 0, zeros * sizeof(float));
     r->x = alloc_floats(S * E);
@@ -53,7 +54,7 @@ int decoder_run_init_images(decoder_run *r, const xcap_config *c, int max_slots,
     r->ff = alloc_floats(S * F);
     r->self_probs = alloc_floats(H * T);
     r->cross_probs = alloc_floats(L * S * H * M);
-    if (!r->self_k || !r->self_v || !r->cross || !r->zeros || !r->x || !r->xn || !r->qkv || !r->q || !r->attn ||
+    if (!r->self_k || !r->self_v || !r->cross || !r->cross_type || !r->zeros || !r->x || !r->xn || !r->qkv || !r->q || !r->attn ||
         !r->ff || !r->self_probs || !r->cross_probs || !r->cross_kv || !r->reorder_tmp) {
         decoder_run_free(r);
         return xcap_fail(err, errlen, XCAP_ERR_NOMEM,
@@ -71,6 +72,7 @@ void decoder_run_free(decoder_run *r) {
     free(r->self_k);
     free(r->self_v);
     free(r->cross);
+    free(r->cross_type);
     free(r->zeros);
     free(r->x);
     free(r->xn);
@@ -85,19 +87,22 @@ void decoder_run_free(decoder_run *r) {
     memset(r, 0, sizeof *r);
 }
 
-/* Image i's layer-l head-h packed keys; its values follow them. */
-static float *cross_head(const xcap_config *c, const decoder_run *r, int image, int layer, int head) {
+static size_t elem_size(nn_weight_type t) { return t == NN_F16 ? 2 : 4; }
+
+/* Image i's layer-l head-h packed keys; its values follow them. Each head has room for fp32. */
+static char *cross_head(const xcap_config *c, const decoder_run *r, int image, int layer, int head) {
     size_t index = ((size_t)image * c->dec_layers + layer) * c->dec_heads + head;
-    return r->cross + index * (r->cross_k_floats + r->cross_v_floats);
+    return (char *)r->cross + index * (r->cross_k_elems + r->cross_v_elems) * sizeof(float);
 }
 
 /* The head's keys as a layer hd -> M (scores = q·Kᵀ) and its values as a layer M -> hd. */
 static void cross_layers(const xcap_config *c, const decoder_run *r, int image, int layer, int head, nn_linear *keys,
                          nn_linear *values) {
     int hd = c->dec_hidden / c->dec_heads, M = r->n_memory;
-    float *at = cross_head(c, r, image, layer, head);
-    *keys = nn_linear_wrap_f32(at, r->zeros, hd, M);
-    *values = nn_linear_wrap_f32(at + r->cross_k_floats, r->zeros, M, hd);
+    const nn_weight_type t = r->cross_type[layer];
+    char *at = cross_head(c, r, image, layer, head);
+    *keys = nn_linear_wrap(t, at, r->zeros, hd, M);
+    *values = nn_linear_wrap(t, at + r->cross_k_elems * elem_size(t), r->zeros, M, hd);
 }
 
 void decoder_cross_kv_image(const xcap_model *m, decoder_run *r, int image, const float *memory) {
@@ -106,14 +111,16 @@ void decoder_cross_kv_image(const xcap_model *m, decoder_run *r, int image, cons
     float *kv = r->cross_kv;
     for (int l = 0; l < c->dec_layers; l++) {
         const gpt2_layer_weights *w = &m->dec.layers[l];
+        const nn_weight_type t = w->cross_kv.type == NN_Q8 ? NN_F16 : NN_F32;
+        r->cross_type[l] = t;
         nn_linear_forward(kv, 2 * (size_t)E, memory, E, &w->cross_kv, M);
 #pragma omp parallel for if ((size_t)M * E > 65536)
         for (int h = 0; h < H; h++) {
-            float *at = cross_head(c, r, image, l, h);
+            char *at = cross_head(c, r, image, l, h);
             nn_linear unused;
-            nn_linear_view_f32(&unused, at, r->zeros, kv + (size_t)h * hd, 2 * (size_t)E, 1, hd, M);
-            nn_linear_view_f32(&unused, at + r->cross_k_floats, r->zeros, kv + E + (size_t)h * hd, 2 * (size_t)E, 0, M,
-                               hd);
+            nn_linear_view(&unused, t, at, r->zeros, kv + (size_t)h * hd, 2 * (size_t)E, 1, hd, M);
+            nn_linear_view(&unused, t, at + r->cross_k_elems * elem_size(t), r->zeros, kv + E + (size_t)h * hd,
+                           2 * (size_t)E, 0, M, hd);
         }
     }
 }
@@ -146,9 +153,9 @@ static void cross_attention(const xcap_config *c, const decoder_run *r, int imag
         nn_linear keys, values;
         cross_layers(c, r, image, layer, h, &keys, &values);
         if (h + 1 < H) { /* the next head's keys and values (one block) load while this one runs */
-            const float *next = cross_head(c, r, image, layer, h + 1);
-            const size_t half = (r->cross_k_floats + r->cross_v_floats) / 2;
-            prefetch_floats(next, next + half, half);
+            const char *next = cross_head(c, r, image, layer, h + 1);
+            const size_t half = (r->cross_k_elems + r->cross_v_elems) * elem_size(r->cross_type[layer]) / 2;
+            prefetch_bytes(next, next + half, half);
         }
         float *p = maps + (size_t)h * M;
         nn_linear_forward(p, (size_t)M, q + (size_t)h * hd, (size_t)hd, &keys, 1);
@@ -202,7 +209,7 @@ int decoder_step_rows(const xcap_model *m, decoder_run *r, const int32_t *tokens
          * gives the reads time to land) */
         for (int i = 0; i < n_rows; i++) {
             const size_t at = l * layer_stride + slot[i] * slot_stride;
-            prefetch_floats(r->self_k + at, r->self_v + at, (size_t)pos * E);
+            prefetch_bytes(r->self_k + at, r->self_v + at, (size_t)pos * E * sizeof(float));
         }
         layernorm(r->xn, r->x, w->ln_1_w, w->ln_1_b, n_rows, E, c->dec_eps);
         nn_linear_forward(r->qkv, 3 * E, r->xn, E, &w->attn, n_rows);

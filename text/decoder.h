@@ -14,9 +14,13 @@ typedef struct {
     /* Each image's cross-attention keys and values, per layer and head, packed as the weights
      * of two linear layers (nn/linear.h), so that a step's scores q·Kᵀ and output p·V run
      * through the matrix-vector kernels: [images][layers][heads] × (keys: hd inputs -> M
-     * outputs, cross_k_floats; values: M inputs -> hd outputs, cross_v_floats). */
-    float *cross;
-    size_t cross_k_floats, cross_v_floats;
+     * outputs, cross_k_elems; values: M inputs -> hd outputs, cross_v_elems). The elements
+     * are fp32, or IEEE half in the layers whose key/value weights are q8 (a q8 model's steps
+     * read them like weights, and half of them is 10% of its bytes per token); cross_type says
+     * which, per layer (set by decoder_cross_kv_image). Room is made for fp32. */
+    void *cross;
+    size_t cross_k_elems, cross_v_elems;
+    nn_weight_type *cross_type; /* [layers] */
     float *zeros; /* the packed layers' bias: max(M, hd) rounded up to a panel, all 0 */
     float *x, *xn, *qkv, *q, *attn, *ff; /* per-step activations, one row per running sequence */
     float *self_probs;        /* [H][max_pos] scratch */

@@ -13,7 +13,9 @@ from a `xcap quantize --type q8` copy of the same checkpoint, following the READ
   (float32 products, ties to even), a smaller one d = 0 and v = 0;
 - y[n] = fma(acc, s[n], b[n]) with acc = 0, acc = fma(float(sum_b v*q[:, n]), d_b, acc) over
   the blocks in order; the integer sums are exact (float64 here), fma is done in float64 and
-  rounded once to float32 (it can differ from a true fma in the last bit, rarely).
+  rounded once to float32 (it can differ from a true fma in the last bit, rarely);
+- the cross-attention keys and values made by a q8 layer are kept rounded to IEEE half (nearest,
+  ties to even), as xcap caches them.
 """
 
 import torch
@@ -90,6 +92,17 @@ class Q8Conv1D(Q8Linear):
         super().__init__(conv.weight.detach().t(), conv.bias)
 
 
+class HalfKV(nn.Module):
+    """The cross-attention's key/value layer with its outputs rounded to half precision."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, memory):
+        return self.layer(memory).to(torch.float16).to(torch.float32)
+
+
 class Q8PatchProjection(nn.Module):
     """ViT's patch Conv2d (kernel = stride = P) as one q8 product over flattened patches."""
 
@@ -123,7 +136,8 @@ def to_q8(model):
         block.attn.c_attn = Q8Conv1D(block.attn.c_attn)
         block.attn.c_proj = Q8Conv1D(block.attn.c_proj)
         cross = block.crossattention
-        cross.q_attn, cross.c_attn, cross.c_proj = (Q8Conv1D(m) for m in (cross.q_attn, cross.c_attn, cross.c_proj))
+        cross.q_attn, cross.c_proj = Q8Conv1D(cross.q_attn), Q8Conv1D(cross.c_proj)
+        cross.c_attn = HalfKV(Q8Conv1D(cross.c_attn))
         block.mlp.c_fc = Q8Conv1D(block.mlp.c_fc)
         block.mlp.c_proj = Q8Conv1D(block.mlp.c_proj)
     dec = model.decoder
