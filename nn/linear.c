@@ -60,6 +60,32 @@ uint16_t nn_float_to_half(float f) {
     return sign | (uint16_t)h;
 }
 
+#ifdef NN_HAVE_X86
+/* 16 at a time with F16C (round to nearest even, as above); a NaN gets the scalar code's
+ * quiet NaN, not the hardware's truncated payload. */
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c"))) static size_t halves_avx512(uint16_t *dst, const float *src,
+                                                                                     size_t n) {
+    size_t i = 0;
+    const __m256i quiet = _mm256_set1_epi16(0x7e00), sign = _mm256_set1_epi16((short)0x8000);
+    for (; i + 16 <= n; i += 16) {
+        const __m512 x = _mm512_loadu_ps(src + i);
+        __m256i h = _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+        h = _mm256_mask_mov_epi16(h, nan, _mm256_or_si256(_mm256_and_si256(h, sign), quiet));
+        _mm256_storeu_si256((__m256i *)(dst + i), h);
+    }
+    return i;
+}
+#endif
+
+void nn_floats_to_halves(uint16_t *dst, const float *src, size_t n) {
+    size_t i = 0;
+#ifdef NN_HAVE_X86
+    if (nn_cpu_isa() == NN_ISA_AVX512) i = halves_avx512(dst, src, n);
+#endif
+    for (; i < n; i++) dst[i] = nn_float_to_half(src[i]);
+}
+
 /* ---- packing ---- */
 
 /* Rows of k per panel: K, or for NN_Q8 K padded to whole activation blocks (at least one row,
@@ -160,30 +186,40 @@ int nn_linear_pack_nk_concat(nn_linear *w, const float *const *parts, const floa
 
 size_t nn_linear_packed_elems(int K, int N) { return (size_t)(K > 0 ? K : 1) * padded(N); }
 
-/* One panel of a view: the source's columns n0 .. n0+cols-1, converted by CONVERT, reading the
- * source along its rows. */
-#define VIEW_PANEL(elem_t, CONVERT)                                                                    \
-    do {                                                                                               \
-        elem_t *out = (elem_t *)panels + (size_t)p * K * NN_PANEL;                                     \
-        if (cols < NN_PANEL) memset(out, 0, (size_t)K * NN_PANEL * sizeof *out);                       \
-        if (stored_nk) { /* a source row per column: write it down the panel */                        \
-            for (int j = 0; j < cols; j++)                                                             \
-                for (int k = 0; k < K; k++)                                                            \
-                    out[PLAIN_INDEX(k, j)] = CONVERT(src[(size_t)(n0 + j) * src_stride + k]);          \
-        } else {                                                                                       \
-            for (int k = 0; k < K; k++)                                                                \
-                for (int j = 0; j < cols; j++) out[PLAIN_INDEX(k, j)] = CONVERT(src[(size_t)k * src_stride + n0 + j]); \
-        }                                                                                              \
-    } while (0)
-#define AS_IS(v) (v)
+/* The source's columns n0 .. n0+cols-1 as one fp32 panel, reading the source along its rows. */
+static void view_panel(float *out, const float *src, size_t src_stride, int stored_nk, int K, int n0, int cols) {
+    if (cols < NN_PANEL) memset(out, 0, (size_t)K * NN_PANEL * sizeof *out);
+    if (stored_nk) { /* a source row per column: write it down the panel */
+        for (int j = 0; j < cols; j++) {
+            const float *row = src + (size_t)(n0 + j) * src_stride;
+            for (int k = 0; k < K; k++) out[PLAIN_INDEX(k, j)] = row[k];
+        }
+    } else {
+        for (int k = 0; k < K; k++)
+            memcpy(out + PLAIN_INDEX(k, 0), src + (size_t)k * src_stride + n0, (size_t)cols * sizeof *out);
+    }
+}
+
+/* Panels of half views are packed as fp32 in pieces of this many rows, then converted. */
+#define VIEW_ROWS 64
 
 void nn_linear_view(nn_linear *w, nn_weight_type type, void *panels, const float *zero_bias, const float *src,
                     size_t src_stride, int stored_nk, int K, int N) {
     const int n_panels = (int)(padded(N) / NN_PANEL);
     for (int p = 0; p < n_panels; p++) {
         const int n0 = p * NN_PANEL, cols = N - n0 < NN_PANEL ? N - n0 : NN_PANEL;
-        if (type == NN_F16) VIEW_PANEL(uint16_t, nn_float_to_half);
-        else VIEW_PANEL(float, AS_IS);
+        if (type != NN_F16) {
+            view_panel((float *)panels + (size_t)p * K * NN_PANEL, src, src_stride, stored_nk, K, n0, cols);
+            continue;
+        }
+        uint16_t *out = (uint16_t *)panels + (size_t)p * K * NN_PANEL;
+        float piece[VIEW_ROWS * NN_PANEL];
+        for (int k0 = 0; k0 < K; k0 += VIEW_ROWS) {
+            const int rows = K - k0 < VIEW_ROWS ? K - k0 : VIEW_ROWS;
+            const float *from = stored_nk ? src + k0 : src + (size_t)k0 * src_stride;
+            view_panel(piece, from, src_stride, stored_nk, rows, n0, cols);
+            nn_floats_to_halves(out + PLAIN_INDEX(k0, 0), piece, (size_t)rows * NN_PANEL);
+        }
     }
     *w = nn_linear_wrap(type, panels, zero_bias, K, N);
 }

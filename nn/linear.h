@@ -98,8 +98,10 @@ size_t nn_linear_weight_bytes(const nn_linear *w);
  * weight (tests compare the packed kernel with it bit for bit). */
 void nn_linear_naive(float *y, const float *x, const float *weight_kn, const float *b, int T, int K, int N);
 
-/* IEEE half <-> float (round to nearest even), for packing and tests. */
+/* IEEE half <-> float (round to nearest even; a NaN becomes a quiet NaN of its sign), for
+ * packing and tests; nn_floats_to_halves converts n at once (vectorised where the CPU can). */
 float nn_half_to_float(uint16_t h);
 uint16_t nn_float_to_half(float f);
+void nn_floats_to_halves(uint16_t *dst, const float *src, size_t n);
 
 #endif

@@ -252,6 +252,27 @@ static void test_narrow_types(void) {
     }
 }
 
+/* nn_floats_to_halves (vectorised where the CPU can) gives nn_float_to_half's bits, on every
+ * float pattern class: subnormal results, ties, overflow, infinities, NaNs with payloads. */
+static void test_halves_vector(void) {
+    enum { N = 4099 };
+    float *x = malloc(N * sizeof *x);
+    uint16_t *h = malloc(N * sizeof *h);
+    uint64_t s = 99;
+    for (int i = 0; i < N; i++) {
+        uint32_t bits = (uint32_t)test_rng_next(&s);
+        if (i % 3 == 0) bits = (bits & 0x80ffffffu) | ((uint32_t)(100 + i % 50) << 23); /* near the half range */
+        memcpy(&x[i], &bits, sizeof bits);
+    }
+    x[0] = 1.0f + 0x1p-11f, x[1] = 65520.0f, x[2] = -INFINITY, x[3] = NAN, x[4] = 0x1.8p-25f, x[5] = -0.0f;
+    nn_floats_to_halves(h, x, N);
+    int bad = 0;
+    for (int i = 0; i < N; i++) bad += h[i] != nn_float_to_half(x[i]);
+    CHECK(bad == 0, "%d of %d halves from nn_floats_to_halves on %s differ from nn_float_to_half", bad, N,
+          nn_isa_name(nn_cpu_isa()));
+    free(x), free(h);
+}
+
 /* The q8 activation quantiser on awkward blocks: all zeros, below the smallest scale, with an
  * infinity and a NaN, ties to even, and a short last block. Every instruction set must give the
  * portable code's bytes (the first pass of main's loop keeps them in `portable`). */
@@ -294,6 +315,7 @@ int main(void) {
         test_concat();
         test_narrow_types();
         test_q8_quantize_special();
+        test_halves_vector();
     }
     nn_cpu_limit(best);
     test_half();

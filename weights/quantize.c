@@ -195,7 +195,7 @@ static int convert_tensors(const st_file *in, const xcap_config *cfg, xcap_quant
                 free(f);
                 return xcap_fail(err, errlen, XCAP_ERR_NOMEM, "out of memory for tensor %s", t->name);
             }
-            for (size_t e = 0; e < t->n_elements; e++) h[e] = nn_float_to_half(f[e]);
+            nn_floats_to_halves(h, f, t->n_elements);
             free(f);
             o->dtype = ST_F16, o->data = h, o->n_bytes = t->n_elements * 2;
             continue;
