@@ -5,7 +5,9 @@ one JSON file.
     /usr/bin/python3 bench/report.py RUN_DIR OUT_JSON
 
 RUN_DIR holds one folder per model with model_dir.txt (the model's path), and per thread count
-T: machine-tT.json (xcap_machine_bench); ENGINE-tT.json for ENGINE in xcap, xcap-f16, xcap-q8
+T: machine-tT.json and machine-after-tT.json (xcap_machine_bench before and after the engines:
+each limit is the higher of the two readings, since this machine's memory speed drifts within
+a run); ENGINE-tT.json for ENGINE in xcap, xcap-f16, xcap-q8
 (xcap on the model's `xcap quantize` copies), pytorch, onnxruntime (stage timings);
 xcap*-batch-tT.txt (the summary `xcap batch` printed) and rss-ENGINE-tT.txt (/usr/bin/time -f %M
 of one process that loads the model and captions one image, in KiB). An engine without parts is
@@ -136,6 +138,22 @@ def same(a, b):
     return a == b if a and b else None
 
 
+LIMITS = ("sgemm_encoder_gflops", "fma_peak_avx2_gflops", "fma_peak_avx512_gflops", "bandwidth_gbs")
+
+
+def best_limits(before, after):
+    """The machine's limits as the higher of the readings taken before and after the engines
+    ran, with both readings kept under "readings"."""
+    if not before or not after:
+        return before or after
+    best = dict(before)
+    best["readings"] = {k: [before.get(k), after.get(k)] for k in LIMITS}
+    for k in LIMITS:
+        vals = [v for v in (before.get(k), after.get(k)) if v is not None]
+        best[k] = max(vals) if vals else None
+    return best
+
+
 def derive(engines, machine, numbers):
     """Speed-ups of each xcap variant against the other engines, token agreement, and each
     engine's fraction of the machine's limits."""
@@ -215,11 +233,14 @@ def markdown(label, info, per_threads):
             lines.append(f"| {name} ({unit}) | {t} | " + " | ".join(fmt(v) for v in vals) + " | "
                          + " | ".join(rel) + " |")
     lines += ["", "| threads | OpenBLAS sgemm, encoder shapes (GFLOP/s) | FMA peak AVX2 / AVX-512 (GFLOP/s) "
-              "| streaming read (GB/s) |", "|---|---|---|---|"]
+              "| streaming read, higher of before and after the engines (GB/s) |", "|---|---|---|---|"]
     for t, d in per_threads.items():
         m = d["machine"] or {}
+        bw = fmt(m.get("bandwidth_gbs"))
+        if m.get("readings"):
+            bw += " (%s, then %s)" % tuple(fmt(v) for v in m["readings"]["bandwidth_gbs"])
         lines.append(f"| {t} | {fmt(m.get('sgemm_encoder_gflops'))} | {fmt(m.get('fma_peak_avx2_gflops'))} / "
-                     f"{fmt(m.get('fma_peak_avx512_gflops'))} | {fmt(m.get('bandwidth_gbs'))} |")
+                     f"{fmt(m.get('fma_peak_avx512_gflops'))} | {bw} |")
     lines += ["", "| engine | threads | encoder GFLOP/s | of sgemm | of FMA peak | decoder weight GB/s | of bandwidth |",
               "|---|---|---|---|---|---|---|"]
     for n in engines:
@@ -312,7 +333,8 @@ def main(argv):
                           if f.startswith("machine-t") and f.endswith(".json")})
         present = present_engines(model_run)
         for t in threads:
-            machine = read_json(os.path.join(model_run, f"machine-t{t}.json"))
+            machine = best_limits(read_json(os.path.join(model_run, f"machine-t{t}.json")),
+                                  read_json(os.path.join(model_run, f"machine-after-t{t}.json")))
             engines = collect(model_run, t, present)
             per_threads[t] = {"machine": machine, "engines": engines, "ratios": derive(engines, machine, info)}
         info["threads"] = {str(t): d for t, d in per_threads.items()}

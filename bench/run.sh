@@ -134,6 +134,8 @@ for model in "${MODELS[@]}"; do
         echo "== $label, $t thread(s): ONNX Runtime" >&2
         node bench/ort_stages.js "$onnx" "$t" "$SECONDS_PER_STAGE" "$REPS" >"$dir/onnxruntime-t$t.json" || true
         peak_rss "$dir/rss-onnxruntime-t$t.txt" node bench/ort_stages.js "$onnx" "$t" --rss-only
+        echo "== $label, $t thread(s): machine limits again" >&2
+        "$BUILD/xcap_machine_bench" "$model" "$t" "$SECONDS_PER_STAGE" >"$dir/machine-after-t$t.json"
     done
 done
 $PY bench/report.py "$RUN" "bench/results/$STAMP.json"
