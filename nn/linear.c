@@ -672,7 +672,10 @@ static void forward(float *y, size_t y_stride, const float *x, size_t x_stride, 
         for (long it = 0; it < items; it++) run_item(&k_use, y, y_stride, x, x_stride, w, T, chunk_rows, groups, it);
         return;
     }
-#pragma omp parallel for schedule(static)
+    /* Items are handed out one at a time rather than split in fixed halves: on a shared
+     * machine one core is often slowed (another process, a virtual CPU descheduled) and a fixed
+     * split leaves the other waiting. Which thread runs an item never changes its bits. */
+#pragma omp parallel for schedule(dynamic)
     for (long it = 0; it < items; it++) run_item(&k_use, y, y_stride, x, x_stride, w, T, chunk_rows, groups, it);
 }
 
