@@ -684,9 +684,16 @@ static void forward(float *y, size_t y_stride, const float *x, size_t x_stride, 
  * the heap has no room (and a row too long even for that gives NaN: there is no error path). */
 #define Q8_STACK_FLOATS 16384
 
+size_t nn_linear_scratch_floats(int K, int T) { return (size_t)(T > 0 ? T : 0) * nn_q8_row_floats(K); }
+
 __attribute__((noinline)) static void forward_q8(float *y, size_t y_stride, const float *x, size_t x_stride,
-                                                 const nn_linear *w, int T) {
+                                                 const nn_linear *w, int T, float *scratch, size_t scratch_floats) {
     const size_t row = nn_q8_row_floats(w->K);
+    if (scratch && (size_t)T * row <= scratch_floats) {
+        nn_q8_quantize(scratch, x, x_stride, T, w->K);
+        forward(y, y_stride, scratch, row, w, T);
+        return;
+    }
     float stack[Q8_STACK_FLOATS] __attribute__((aligned(64)));
     float *heap = (size_t)T * row > Q8_STACK_FLOATS ? malloc((size_t)T * row * sizeof *heap) : NULL;
     float *buf = heap ? heap : stack;
@@ -704,8 +711,13 @@ __attribute__((noinline)) static void forward_q8(float *y, size_t y_stride, cons
     free(heap);
 }
 
-void nn_linear_forward(float *y, size_t y_stride, const float *x, size_t x_stride, const nn_linear *w, int T) {
+void nn_linear_forward_scratch(float *y, size_t y_stride, const float *x, size_t x_stride, const nn_linear *w, int T,
+                               float *scratch, size_t scratch_floats) {
     if (T <= 0 || w->N <= 0) return;
-    if (w->type == NN_Q8) forward_q8(y, y_stride, x, x_stride, w, T);
+    if (w->type == NN_Q8) forward_q8(y, y_stride, x, x_stride, w, T, scratch, scratch_floats);
     else forward(y, y_stride, x, x_stride, w, T);
+}
+
+void nn_linear_forward(float *y, size_t y_stride, const float *x, size_t x_stride, const nn_linear *w, int T) {
+    nn_linear_forward_scratch(y, y_stride, x, x_stride, w, T, NULL, 0);
 }

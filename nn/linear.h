@@ -90,6 +90,12 @@ void nn_linear_column(const nn_linear *w, int n, float *out);
  * OpenMP threads set by nn_set_threads; the result does not depend on their number. NN_Q8
  * quantises x first, into a stack buffer for a few rows and on the heap beyond 64 KiB. */
 void nn_linear_forward(float *y, size_t y_stride, const float *x, size_t x_stride, const nn_linear *w, int T);
+/* The same with caller-owned memory for NN_Q8's quantised rows (used when scratch_floats >=
+ * nn_linear_scratch_floats(K, T); otherwise as nn_linear_forward), so that a loop sized once,
+ * such as a decoder's token loop, never allocates. Other types ignore it. */
+void nn_linear_forward_scratch(float *y, size_t y_stride, const float *x, size_t x_stride, const nn_linear *w, int T,
+                               float *scratch, size_t scratch_floats);
+size_t nn_linear_scratch_floats(int K, int T);
 
 /* Bytes of weights (panels) the layer reads per call. */
 size_t nn_linear_weight_bytes(const nn_linear *w);

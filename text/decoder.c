@@ -50,12 +50,15 @@ int decoder_run_init_images(decoder_run *r, const xcap_config *c, int max_slots,
     r->q = alloc_floats(S * E);
     r->cross_kv = alloc_floats(M * 2 * E);
     r->reorder_tmp = alloc_floats(S * T * E);
+    r->q8_scratch_floats = nn_linear_scratch_floats((int)(E > F ? E : F), (int)S);
+    r->q8_scratch = alloc_floats(r->q8_scratch_floats);
     r->attn = alloc_floats(S * E);
     r->ff = alloc_floats(S * F);
     r->self_probs = alloc_floats(H * T);
     r->cross_probs = alloc_floats(L * S * H * M);
-    if (!r->self_k || !r->self_v || !r->cross || !r->cross_type || !r->zeros || !r->x || !r->xn || !r->qkv || !r->q || !r->attn ||
-        !r->ff || !r->self_probs || !r->cross_probs || !r->cross_kv || !r->reorder_tmp) {
+    if (!r->self_k || !r->self_v || !r->cross || !r->cross_type || !r->zeros || !r->x || !r->xn || !r->qkv ||
+        !r->q || !r->attn || !r->ff || !r->self_probs || !r->cross_probs || !r->cross_kv || !r->reorder_tmp ||
+        !r->q8_scratch) {
         decoder_run_free(r);
         return xcap_fail(err, errlen, XCAP_ERR_NOMEM,
                          "out of memory for the decoder caches (%d sequences x %d positions, %d images)", max_slots,
@@ -84,6 +87,7 @@ void decoder_run_free(decoder_run *r) {
     free(r->cross_probs);
     free(r->cross_kv);
     free(r->reorder_tmp);
+    free(r->q8_scratch);
     memset(r, 0, sizeof *r);
 }
 
@@ -168,6 +172,12 @@ void decoder_cross_kv(const xcap_model *m, decoder_run *r, const float *memory) 
     decoder_cross_kv_image(m, r, 0, memory);
 }
 
+/* A step's linear layer: q8 layers quantise their rows into the run's own memory. */
+static void step_linear(decoder_run *r, float *y, size_t y_stride, const float *x, size_t x_stride, const nn_linear *w,
+                        int rows) {
+    nn_linear_forward_scratch(y, y_stride, x, x_stride, w, rows, r->q8_scratch, r->q8_scratch_floats);
+}
+
 /* GPT-2's attention scale (spec §5.1), shared by self- and cross-attention. */
 static float attn_scale(const xcap_config *c, int layer) {
     float s = c->scale_attn_weights ? 1.0f / sqrtf((float)(c->dec_hidden / c->dec_heads)) : 1.0f;
@@ -212,7 +222,7 @@ int decoder_step_rows(const xcap_model *m, decoder_run *r, const int32_t *tokens
             prefetch_bytes(r->self_k + at, r->self_v + at, (size_t)pos * E * sizeof(float));
         }
         layernorm(r->xn, r->x, w->ln_1_w, w->ln_1_b, n_rows, E, c->dec_eps);
-        nn_linear_forward(r->qkv, 3 * E, r->xn, E, &w->attn, n_rows);
+        step_linear(r, r->qkv, 3 * E, r->xn, E, &w->attn, n_rows);
         for (int i = 0; i < n_rows; i++) {
             float *kc = r->self_k + l * layer_stride + slot[i] * slot_stride;
             float *vc = r->self_v + l * layer_stride + slot[i] * slot_stride;
@@ -221,28 +231,28 @@ int decoder_step_rows(const xcap_model *m, decoder_run *r, const int32_t *tokens
             memcpy(vc + (size_t)pos * E, qkv + 2 * E, (size_t)E * sizeof *vc);
             attention(r->attn + (size_t)i * E, E, r->self_probs, qkv, 3 * E, kc, E, vc, E, 1, pos + 1, H, hd, scale, 0, 0);
         }
-        nn_linear_forward(r->xn, E, r->attn, E, &w->attn_proj, n_rows);
+        step_linear(r, r->xn, E, r->attn, E, &w->attn_proj, n_rows);
         add_inplace(r->x, r->xn, (size_t)n_rows * E);
 
         /* 2. cross-attention: caption-token queries against their image's keys and values */
         layernorm(r->xn, r->x, w->ln_cross_w, w->ln_cross_b, n_rows, E, c->dec_eps);
-        nn_linear_forward(r->q, E, r->xn, E, &w->cross_q, n_rows);
+        step_linear(r, r->q, E, r->xn, E, &w->cross_q, n_rows);
         for (int i = 0; i < n_rows; i++) {
             float *maps = r->cross_probs + (((size_t)l * r->max_slots + slot[i]) * H) * M;
             cross_attention(c, r, image ? image[i] : 0, l, r->q + (size_t)i * E, r->attn + (size_t)i * E, maps, scale);
         }
-        nn_linear_forward(r->xn, E, r->attn, E, &w->cross_proj, n_rows);
+        step_linear(r, r->xn, E, r->attn, E, &w->cross_proj, n_rows);
         add_inplace(r->x, r->xn, (size_t)n_rows * E);
 
         /* 3. MLP */
         layernorm(r->xn, r->x, w->ln_2_w, w->ln_2_b, n_rows, E, c->dec_eps);
-        nn_linear_forward(r->ff, F, r->xn, E, &w->fc, n_rows);
+        step_linear(r, r->ff, F, r->xn, E, &w->fc, n_rows);
         gelu_tanh(r->ff, (size_t)n_rows * F);
-        nn_linear_forward(r->xn, E, r->ff, F, &w->mlp_proj, n_rows);
+        step_linear(r, r->xn, E, r->ff, F, &w->mlp_proj, n_rows);
         add_inplace(r->x, r->xn, (size_t)n_rows * E);
     }
     layernorm(r->xn, r->x, W->ln_f_w, W->ln_f_b, n_rows, E, c->dec_eps);
-    nn_linear_forward(logits, c->vocab_size, r->xn, E, &W->lm_head, n_rows);
+    step_linear(r, logits, c->vocab_size, r->xn, E, &W->lm_head, n_rows);
     return XCAP_OK;
 }
 

@@ -27,6 +27,8 @@ typedef struct {
     float *cross_probs;       /* [layers][slots][H][M]: the latest step's cross-attention maps, by slot */
     float *cross_kv;          /* [M][2E] scratch for decoder_cross_kv */
     float *reorder_tmp;       /* [slots][max_pos][E] scratch for decoder_reorder */
+    float *q8_scratch;        /* a step's rows quantised for q8 layers (nn_linear_forward_scratch) */
+    size_t q8_scratch_floats;
 } decoder_run;
 
 /* Sizes the run for up to max_slots sequences (over all images) of up to max_pos positions,
