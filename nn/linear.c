@@ -140,7 +140,7 @@ static int alloc_packed(nn_linear *w, nn_weight_type type, int K, int N) {
             for (int k = 0; k < K; k++)                                                                \
                 for (int j = j0; j < j1; j++) {                                                        \
                     size_t n = (size_t)(panel * NN_PANEL + j - n0);                                    \
-                    out[INDEX(k, j)] = stored_nk ? src[n * K + k] : src[(size_t)k * p->n + n];              \
+                    out[INDEX(k, j)] = stored_nk ? src[n * K + k] : src[(size_t)k * p->n + n];         \
                 }                                                                                      \
         }                                                                                              \
     } while (0)
@@ -293,7 +293,7 @@ static void tile_portable(float *out, size_t out_stride, const float *x, size_t 
         a##r##0 = _mm256_fmadd_ps(xv, w0, a##r##0);                                                    \
         a##r##1 = _mm256_fmadd_ps(xv, w1, a##r##1);                                                    \
     } while (0)
-#define AVX2_STORE_PLAIN(r)                                                                            \
+#define AVX2_STORE(r)                                                                                  \
     do {                                                                                               \
         if (r < rows) {                                                                                \
             _mm256_storeu_ps(out + (size_t)r * out_stride, a##r##0);                                   \
@@ -302,8 +302,8 @@ static void tile_portable(float *out, size_t out_stride, const float *x, size_t 
     } while (0)
 
 /* The sums start at the bias. */
-#define DEFINE_TILE(name, targets, elem_t, LOAD_W)                                                 \
-    __attribute__((target(targets))) static void name(float *out, size_t out_stride, const float *x,  \
+#define DEFINE_TILE(name, targets, elem_t, LOAD_W)                                                     \
+    __attribute__((target(targets))) static void name(float *out, size_t out_stride, const float *x,   \
                                                       size_t x_stride, const nn_linear *w, int p,      \
                                                       int rows) {                                      \
         const int K = w->K;                                                                            \
@@ -323,12 +323,12 @@ static void tile_portable(float *out, size_t out_stride, const float *x, size_t 
             AVX2_ROW(4);                                                                               \
             AVX2_ROW(5);                                                                               \
         }                                                                                              \
-        AVX2_STORE_PLAIN(0);                                                                       \
-        AVX2_STORE_PLAIN(1);                                                                       \
-        AVX2_STORE_PLAIN(2);                                                                       \
-        AVX2_STORE_PLAIN(3);                                                                       \
-        AVX2_STORE_PLAIN(4);                                                                       \
-        AVX2_STORE_PLAIN(5);                                                                       \
+        AVX2_STORE(0);                                                                                 \
+        AVX2_STORE(1);                                                                                 \
+        AVX2_STORE(2);                                                                                 \
+        AVX2_STORE(3);                                                                                 \
+        AVX2_STORE(4);                                                                                 \
+        AVX2_STORE(5);                                                                                 \
     }
 
 #define LOAD_F32(at)                                                                                   \
@@ -347,13 +347,13 @@ DEFINE_TILE(tile_f16_avx2, "avx2,fma,f16c", uint16_t, LOAD_F16)
 /* One row against four panels at once: a decoder step with one sequence is a matrix-vector
  * product, and a single row's 2 accumulators would leave the FMA units waiting on their own
  * latency. Same fma chain per element as the tiles. */
-#define DEFINE_ROW4(name, targets, elem_t, LOAD_W)                                                 \
+#define DEFINE_ROW4(name, targets, elem_t, LOAD_W)                                                     \
     __attribute__((target(targets))) static void name(float *out, const float *x, const nn_linear *w, int p) { \
         const int K = w->K;                                                                            \
         const size_t panel_len = (size_t)K * NN_PANEL;                                                 \
         const elem_t *panels = (const elem_t *)w->panels + (size_t)p * K;                              \
         __m256 acc[8];                                                                                 \
-        for (int i = 0; i < 8; i++) acc[i] = _mm256_load_ps(w->bias + p + 8 * i);                    \
+        for (int i = 0; i < 8; i++) acc[i] = _mm256_load_ps(w->bias + p + 8 * i);                      \
         for (int k = 0; k < K; k++) {                                                                  \
             const __m256 xv = _mm256_broadcast_ss(x + k);                                              \
             for (int j = 0; j < 4; j++) {                                                              \
@@ -385,17 +385,17 @@ DEFINE_ROW4(row4_f16_avx2, "avx2,fma,f16c", uint16_t, LOAD_F16)
     do {                                                                                               \
         if (r < rows) {                                                                                \
             float *o = out + (size_t)(r) * out_stride;                                                 \
-            _mm512_storeu_ps(o, a##r##0);                                                    \
-            _mm512_storeu_ps(o + 16, a##r##1);                                               \
-            _mm512_storeu_ps(o + 32, a##r##2);                                               \
-            _mm512_storeu_ps(o + 48, a##r##3);                                               \
+            _mm512_storeu_ps(o, a##r##0);                                                              \
+            _mm512_storeu_ps(o + 16, a##r##1);                                                         \
+            _mm512_storeu_ps(o + 32, a##r##2);                                                         \
+            _mm512_storeu_ps(o + 48, a##r##3);                                                         \
         }                                                                                              \
     } while (0)
 #define Z_INIT(j) _mm512_load_ps(w->bias + p + 16 * (j))
 
 /* Four panels (p: the first one's first column) × up to TILE_ROWS rows. */
-#define DEFINE_TILE4_Z(name, elem_t, ZLOAD, STREAM)                                                \
-    __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c"))) static void name(     \
+#define DEFINE_TILE4_Z(name, elem_t, ZLOAD, STREAM)                                                    \
+    __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c"))) static void name(      \
         float *out, size_t out_stride, const float *x, size_t x_stride, const nn_linear *w, int p,     \
         int rows) {                                                                                    \
         const int K = w->K;                                                                            \
@@ -408,7 +408,7 @@ DEFINE_ROW4(row4_f16_avx2, "avx2,fma,f16c", uint16_t, LOAD_F16)
         __m512 a00 = i0, a01 = i1, a02 = i2, a03 = i3, a10 = i0, a11 = i1, a12 = i2, a13 = i3;         \
         __m512 a20 = i0, a21 = i1, a22 = i2, a23 = i3, a30 = i0, a31 = i1, a32 = i2, a33 = i3;         \
         __m512 a40 = i0, a41 = i1, a42 = i2, a43 = i3, a50 = i0, a51 = i1, a52 = i2, a53 = i3;         \
-        const int per_line = 64 / (int)sizeof(elem_t) / NN_PANEL; /* k steps per cache line */       \
+        const int per_line = 64 / (int)sizeof(elem_t) / NN_PANEL; /* k steps per cache line */         \
         for (int k = 0; k < K; k++) {                                                                  \
             const size_t at = (size_t)k * NN_PANEL;                                                    \
             if (STREAM && k % per_line == 0) {                                                         \
@@ -439,10 +439,10 @@ DEFINE_ROW4(row4_f16_avx2, "avx2,fma,f16c", uint16_t, LOAD_F16)
 #define Z1_ROW(r) a##r = _mm512_fmadd_ps(_mm512_set1_ps(xr[r][k]), w0, a##r)
 #define Z1_STORE(r)                                                                                    \
     do {                                                                                               \
-        if (r < rows) _mm512_storeu_ps(out + (size_t)(r) * out_stride, a##r);                \
+        if (r < rows) _mm512_storeu_ps(out + (size_t)(r) * out_stride, a##r);                          \
     } while (0)
-#define DEFINE_TILE1_Z(name, elem_t, ZLOAD)                                                        \
-    __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c"))) static void name(     \
+#define DEFINE_TILE1_Z(name, elem_t, ZLOAD)                                                            \
+    __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c"))) static void name(      \
         float *out, size_t out_stride, const float *x, size_t x_stride, const nn_linear *w, int p,     \
         int rows) {                                                                                    \
         const int K = w->K;                                                                            \
@@ -477,10 +477,10 @@ DEFINE_ROW4(row4_f16_avx2, "avx2,fma,f16c", uint16_t, LOAD_F16)
     if (NP > j) a##j = _mm512_fmadd_ps(xv, ZLOAD(q##j + at), a##j)
 #define ZR_STORE(j)                                                                                    \
     if (NP > j) _mm512_storeu_ps(out + 16 * (j), a##j)
-#define DEFINE_ROWN_Z(name, elem_t, ZLOAD, NP_)                                                 \
-    __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c"))) static void name(     \
+#define DEFINE_ROWN_Z(name, elem_t, ZLOAD, NP_)                                                        \
+    __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c"))) static void name(      \
         float *out, const float *x, const nn_linear *w, int p) {                                       \
-        enum { NP = NP_ };                                                                 \
+        enum { NP = NP_ };                                                                             \
         const int K = w->K;                                                                            \
         const size_t len = (size_t)K * NN_PANEL;                                                       \
         const elem_t *q0 = (const elem_t *)w->panels + (size_t)p * K, *q1 = q0 + len, *q2 = q1 + len,  \
@@ -488,7 +488,7 @@ DEFINE_ROW4(row4_f16_avx2, "avx2,fma,f16c", uint16_t, LOAD_F16)
         __m512 a0 = Z_INIT(0), a1 = NP > 1 ? Z_INIT(1) : a0, a2 = NP > 2 ? Z_INIT(2) : a0;             \
         __m512 a3 = NP > 3 ? Z_INIT(3) : a0, a4 = NP > 4 ? Z_INIT(4) : a0, a5 = NP > 5 ? Z_INIT(5) : a0; \
         __m512 a6 = NP > 6 ? Z_INIT(6) : a0, a7 = NP > 7 ? Z_INIT(7) : a0;                             \
-        const int per_line = 64 / (int)sizeof(elem_t) / NN_PANEL; /* k steps per cache line */       \
+        const int per_line = 64 / (int)sizeof(elem_t) / NN_PANEL; /* k steps per cache line */         \
         for (int k = 0; k < K; k++) {                                                                  \
             const size_t at = (size_t)k * NN_PANEL;                                                    \
             if (k % per_line == 0) {                                                                   \
@@ -521,15 +521,15 @@ DEFINE_ROW4(row4_f16_avx2, "avx2,fma,f16c", uint16_t, LOAD_F16)
         ZR_STORE(6);                                                                                   \
         ZR_STORE(7);                                                                                   \
     }
-#define DEFINE_ROWS_Z(prefix, elem_t, ZLOAD)                                                    \
-    DEFINE_ROWN_Z(prefix##1, elem_t, ZLOAD, 1)                                                  \
-    DEFINE_ROWN_Z(prefix##2, elem_t, ZLOAD, 2)                                                  \
-    DEFINE_ROWN_Z(prefix##3, elem_t, ZLOAD, 3)                                                  \
-    DEFINE_ROWN_Z(prefix##4, elem_t, ZLOAD, 4)                                                  \
-    DEFINE_ROWN_Z(prefix##5, elem_t, ZLOAD, 5)                                                  \
-    DEFINE_ROWN_Z(prefix##6, elem_t, ZLOAD, 6)                                                  \
-    DEFINE_ROWN_Z(prefix##7, elem_t, ZLOAD, 7)                                                  \
-    DEFINE_ROWN_Z(prefix##8, elem_t, ZLOAD, 8)                                                  \
+#define DEFINE_ROWS_Z(prefix, elem_t, ZLOAD)                                                           \
+    DEFINE_ROWN_Z(prefix##1, elem_t, ZLOAD, 1)                                                         \
+    DEFINE_ROWN_Z(prefix##2, elem_t, ZLOAD, 2)                                                         \
+    DEFINE_ROWN_Z(prefix##3, elem_t, ZLOAD, 3)                                                         \
+    DEFINE_ROWN_Z(prefix##4, elem_t, ZLOAD, 4)                                                         \
+    DEFINE_ROWN_Z(prefix##5, elem_t, ZLOAD, 5)                                                         \
+    DEFINE_ROWN_Z(prefix##6, elem_t, ZLOAD, 6)                                                         \
+    DEFINE_ROWN_Z(prefix##7, elem_t, ZLOAD, 7)                                                         \
+    DEFINE_ROWN_Z(prefix##8, elem_t, ZLOAD, 8)                                                         \
     static void (*const prefix[9])(float *, const float *, const nn_linear *, int) = {                 \
         NULL, prefix##1, prefix##2, prefix##3, prefix##4, prefix##5, prefix##6, prefix##7, prefix##8};
 
