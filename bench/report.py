@@ -5,13 +5,19 @@ one JSON file.
     /usr/bin/python3 bench/report.py RUN_DIR OUT_JSON
 
 RUN_DIR holds one folder per model with model_dir.txt (the model's path), and per thread count
-T: machine-tT.json and machine-after-tT.json (xcap_machine_bench before and after the engines:
-each limit is the higher of the two readings, since this machine's memory speed drifts within
-a run); ENGINE-tT.json for ENGINE in xcap, xcap-f16, xcap-q8
-(xcap on the model's `xcap quantize` copies), pytorch, onnxruntime (stage timings);
-xcap*-batch-tT.txt (the summary `xcap batch` printed) and rss-ENGINE-tT.txt (/usr/bin/time -f %M
-of one process that loads the model and captions one image, in KiB). An engine without parts is
-left out; a missing part shows as "-".
+T and round R (bench/run.sh runs the engines in turns, R = 1, 2, ...): ENGINE-tT-rR.json for
+ENGINE in xcap, xcap-f16, xcap-q8 (xcap on the model's `xcap quantize` copies), pytorch,
+onnxruntime (stage timings, each a median over the round's repetitions); xcap*-batch-tT-rR.txt
+(the summary `xcap batch` printed); machine-tT-rR.json (xcap_machine_bench, R = 0 before the
+first round and R after round R); and once per T, rss-ENGINE-tT.txt (/usr/bin/time -f %M of one
+process that loads the model and captions one image, in KiB). Parts without "-rR" (one round, as
+runs before rounds were written) are read as round 1; an engine without parts is left out; a
+missing part shows as "-".
+
+This machine is shared and its speed drifts by tens of percent within minutes, for every engine
+alike, so each number is the best over the rounds, for every engine and for the machine's
+limits alike: a stage's time is its lowest round median, a batch rate and a limit their highest
+reading; all round values are kept in the JSON ("rounds", "readings").
 
 Derived numbers, from the model's config.json:
 - encoder flops of one image: the patch projection, per layer query|key|value, the two
@@ -106,23 +112,53 @@ def batch_rate(text):
     return float(m.group(1)) if m else None
 
 
+def round_parts(model_run, stem, ext):
+    """The paths of STEM-rR.EXT in round order, or [STEM.EXT] for a run without rounds."""
+    found = []
+    for f in os.listdir(model_run):
+        m = re.fullmatch(re.escape(stem) + r"-r(\d+)" + re.escape(ext), f)
+        if m:
+            found.append((int(m.group(1)), os.path.join(model_run, f)))
+    if found:
+        return [path for _, path in sorted(found)]
+    legacy = os.path.join(model_run, stem + ext)
+    return [legacy] if os.path.exists(legacy) else []
+
+
 def present_engines(model_run):
-    return [e for e in ENGINES if any(f.startswith(f"{e}-t") and f.endswith(".json") for f in os.listdir(model_run))]
+    return [e for e in ENGINES if any(re.fullmatch(re.escape(e) + r"-t\d+(-r\d+)?\.json", f)
+                                      for f in os.listdir(model_run))]
+
+
+def best_of(values, pick):
+    values = [v for v in values if v is not None]
+    return pick(values) if values else None
 
 
 def collect(model_run, threads, engines):
-    """{engine: {"stages", "batch_images_per_s", "rss_mb", "greedy_tokens", ...}} for one T."""
+    """{engine: {"stages", "rounds", "batch_images_per_s", "rss_mb", "greedy_tokens", ...}} for
+    one T: each stage's lowest round median, the highest batch rate."""
     out = {}
     for engine in engines:
-        part = read_json(os.path.join(model_run, f"{engine}-t{threads}.json")) or {}
-        e = {"stages": {k: v["median_s"] for k, v in part.get("stages", {}).items()},
-             "reps": {k: v["reps"] for k, v in part.get("stages", {}).items()},
-             "greedy_tokens": part.get("greedy_tokens"), "beam_tokens": part.get("beam_tokens"),
-             "version": part.get("version"), "threads_config": part.get("threads_config")}
+        parts = [p for p in (read_json(path) for path in round_parts(model_run, f"{engine}-t{threads}", ".json")) if p]
+        rounds = {}
+        for part in parts:
+            for k, v in part.get("stages", {}).items():
+                rounds.setdefault(k, []).append(v["median_s"])
+        first = parts[0] if parts else {}
+        e = {"stages": {k: min(v) for k, v in rounds.items()}, "rounds": rounds,
+             "reps": {k: v["reps"] for k, v in first.get("stages", {}).items()},
+             "greedy_tokens": first.get("greedy_tokens"), "beam_tokens": first.get("beam_tokens"),
+             "version": first.get("version"), "threads_config": first.get("threads_config")}
+        # every round must have produced the same tokens
+        e["tokens_stable"] = all(p.get("greedy_tokens") == e["greedy_tokens"] and p.get("beam_tokens") ==
+                                 e["beam_tokens"] for p in parts)
         if engine in XCAP_VARIANTS:  # `xcap batch`'s own summary line
-            e["batch_images_per_s"] = batch_rate(read_text(os.path.join(model_run, f"{engine}-batch-t{threads}.txt")))
+            rates = [batch_rate(read_text(path)) for path in round_parts(model_run, f"{engine}-batch-t{threads}", ".txt")]
         else:
-            e["batch_images_per_s"] = (part.get("batch") or {}).get("images_per_s")
+            rates = [(p.get("batch") or {}).get("images_per_s") for p in parts]
+        e["batch_rounds"] = rates
+        e["batch_images_per_s"] = best_of(rates, max)
         rss = read_text(os.path.join(model_run, f"rss-{engine}-t{threads}.txt"))
         found = re.findall(r"^\s*(\d+)\s*$", rss or "", re.M)
         e["rss_mb"] = int(found[-1]) * 1024 / 1e6 if found else None
@@ -141,16 +177,16 @@ def same(a, b):
 LIMITS = ("sgemm_encoder_gflops", "fma_peak_avx2_gflops", "fma_peak_avx512_gflops", "bandwidth_gbs")
 
 
-def best_limits(before, after):
-    """The machine's limits as the higher of the readings taken before and after the engines
-    ran, with both readings kept under "readings"."""
-    if not before or not after:
-        return before or after
-    best = dict(before)
-    best["readings"] = {k: [before.get(k), after.get(k)] for k in LIMITS}
+def best_limits(readings):
+    """The machine's limits as the highest of its readings (before the first round and after
+    each), with all of them kept under "readings"."""
+    readings = [r for r in readings if r]
+    if not readings:
+        return None
+    best = dict(readings[0])
+    best["readings"] = {k: [r.get(k) for r in readings] for k in LIMITS}
     for k in LIMITS:
-        vals = [v for v in (before.get(k), after.get(k)) if v is not None]
-        best[k] = max(vals) if vals else None
+        best[k] = best_of(best["readings"][k], max)
     return best
 
 
@@ -206,13 +242,19 @@ def yes_no(v):
     return {True: "yes", False: "no", None: "-"}[v]
 
 
+def n_rounds(per_threads):
+    return max((len(v) for d in per_threads.values() for e in d["engines"].values() for v in e["rounds"].values()),
+               default=0)
+
+
 def markdown(label, info, per_threads):
     first = next(iter(per_threads.values()))["engines"]
     engines = list(first)
     pairs = [(xv, o) for xv in ("xcap", "xcap-q8") if xv in first for o in OTHERS if o in first]
     lines = [f"### {label}", "",
              f"`{info['dir']}`: {info['encoder']}; {info['decoder']}; model.safetensors "
-             f"{fmt(info['file_bytes'] / 1e6 if info['file_bytes'] else None)} MB", "",
+             f"{fmt(info['file_bytes'] / 1e6 if info['file_bytes'] else None)} MB. "
+             f"Each time is an engine's best of {n_rounds(per_threads)} round(s).", "",
              "| stage | threads | " + " | ".join(ENGINE_NAMES[e] for e in engines) + " | "
              + " | ".join(f"{SHORT_NAMES[xv]} vs {SHORT_NAMES[o]}" for xv, o in pairs) + " |",
              "|---|---|" + "---|" * (len(engines) + len(pairs))]
@@ -233,12 +275,12 @@ def markdown(label, info, per_threads):
             lines.append(f"| {name} ({unit}) | {t} | " + " | ".join(fmt(v) for v in vals) + " | "
                          + " | ".join(rel) + " |")
     lines += ["", "| threads | OpenBLAS sgemm, encoder shapes (GFLOP/s) | FMA peak AVX2 / AVX-512 (GFLOP/s) "
-              "| streaming read, higher of before and after the engines (GB/s) |", "|---|---|---|---|"]
+              "| streaming read, best reading (GB/s) |", "|---|---|---|---|"]
     for t, d in per_threads.items():
         m = d["machine"] or {}
         bw = fmt(m.get("bandwidth_gbs"))
-        if m.get("readings"):
-            bw += " (%s, then %s)" % tuple(fmt(v) for v in m["readings"]["bandwidth_gbs"])
+        if m.get("readings") and len(m["readings"]["bandwidth_gbs"]) > 1:
+            bw += " (readings: %s)" % ", ".join(fmt(v) for v in m["readings"]["bandwidth_gbs"])
         lines.append(f"| {t} | {fmt(m.get('sgemm_encoder_gflops'))} | {fmt(m.get('fma_peak_avx2_gflops'))} / "
                      f"{fmt(m.get('fma_peak_avx512_gflops'))} | {bw} |")
     lines += ["", "| engine | threads | encoder GFLOP/s | of sgemm | of FMA peak | decoder weight GB/s | of bandwidth |",
@@ -257,6 +299,9 @@ def markdown(label, info, per_threads):
                  + (f", beam {yes_no(r[f'{xv}_beam_tokens_equal_{o}'])}" if o == "pytorch" else "")
                  for xv in XCAP_VARIANTS if xv in d["engines"] for o in OTHERS if o in d["engines"]]
         lines.append(f"Same tokens, {t} thread(s): " + "; ".join(agree) + ".")
+        unstable = [ENGINE_NAMES[n] for n, e in d["engines"].items() if not e["tokens_stable"]]
+        if unstable:
+            lines.append(f"Tokens that changed between rounds, {t} thread(s): " + ", ".join(unstable) + ".")
         tc = d["engines"].get("pytorch", {}).get("threads_config")
         if tc:
             lines.append(f"PyTorch at {t} thread(s) ran with torch.set_num_threads({tc['torch_threads']}) and "
@@ -329,12 +374,13 @@ def main(argv):
             continue
         info = dict(label=label, dir=model_dir, **model_numbers(model_dir))
         per_threads = {}
-        threads = sorted({int(f[len("machine-t"):-5]) for f in os.listdir(model_run)
-                          if f.startswith("machine-t") and f.endswith(".json")})
+        threads = sorted({int(m.group(1)) for m in (re.fullmatch(r"machine-t(\d+)(-r\d+)?\.json", f)
+                                                     for f in os.listdir(model_run)) if m})
         present = present_engines(model_run)
         for t in threads:
-            machine = best_limits(read_json(os.path.join(model_run, f"machine-t{t}.json")),
-                                  read_json(os.path.join(model_run, f"machine-after-t{t}.json")))
+            paths = round_parts(model_run, f"machine-t{t}", ".json")
+            after = os.path.join(model_run, f"machine-after-t{t}.json")  # runs before rounds
+            machine = best_limits([read_json(p) for p in paths + ([after] if os.path.exists(after) else [])])
             engines = collect(model_run, t, present)
             per_threads[t] = {"machine": machine, "engines": engines, "ratios": derive(engines, machine, info)}
         info["threads"] = {str(t): d for t, d in per_threads.items()}
