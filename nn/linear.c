@@ -124,10 +124,11 @@ static int alloc_packed(nn_linear *w, nn_weight_type type, int K, int N) {
 
 /* Copies one part's columns n0 .. n0+n-1 into the panels, panel by panel (threads never share
  * a panel), each panel filled in its own order: k outer, its columns inner, so the writes are
- * sequential. Element-typed loops, not a memcpy per element: packing runs once per load, but
- * over every weight of the model. Threads only for large weights: for small ones the start and
- * the spinning waits of a parallel region cost more than the copy. */
-#define PACK_PART(elem_t, INDEX)                                                                       \
+ * sequential (q8: in runs of 32 bytes, a group's pair of k apart). Element-typed loops, not a
+ * memcpy per element: packing runs once per load, but over every weight of the model. Threads
+ * only for large weights: for small ones the start and the spinning waits of a parallel region
+ * cost more than the copy. */
+#define PACK_PART(elem_t, START, INDEX)                                                                 \
     do {                                                                                               \
         const elem_t *src = p->weight;                                                                 \
         elem_t *dst = w->panels;                                                                       \
@@ -136,7 +137,9 @@ static int alloc_packed(nn_linear *w, nn_weight_type type, int K, int N) {
         for (int panel = first; panel <= last; panel++) {                                              \
             int j0 = panel * NN_PANEL < n0 ? n0 - panel * NN_PANEL : 0;                                \
             int j1 = (panel + 1) * NN_PANEL > n0 + p->n ? n0 + p->n - panel * NN_PANEL : NN_PANEL;     \
-            elem_t *out = dst + (size_t)panel * packed_k(type, K) * NN_PANEL;                          \
+            const int gp = type == NN_Q8 ? nn_q8_group_panels(panel * NN_PANEL, w->N) : 1;             \
+            elem_t *out = dst + START(panel);                                                          \
+            (void)gp;                                                                                  \
             for (int k = 0; k < K; k++)                                                                \
                 for (int j = j0; j < j1; j++) {                                                        \
                     size_t n = (size_t)(panel * NN_PANEL + j - n0);                                    \
@@ -145,8 +148,12 @@ static int alloc_packed(nn_linear *w, nn_weight_type type, int K, int N) {
         }                                                                                              \
     } while (0)
 
-/* Index of weight (k, column j of its panel) within an fp32 or f16 panel. */
+/* Where a panel starts and the index of weight (k, column j of its panel) within it: fp32 and
+ * f16 panels one after the other, q8 panels interleaved in groups (linear_internal.h). */
+#define PLAIN_START(panel) ((size_t)(panel) * packed_k(type, K) * NN_PANEL)
 #define PLAIN_INDEX(k, j) ((size_t)(k) * NN_PANEL + (size_t)(j))
+#define Q8_START(panel) nn_q8_panel_offset((panel) * NN_PANEL, (int)packed_k(type, K))
+#define Q8_INDEX(k, j) nn_q8_index(k, j, gp)
 
 int nn_linear_pack(nn_linear *w, nn_weight_type type, int stored_nk, const nn_linear_part *parts, int count,
                    int K) {
@@ -156,9 +163,9 @@ int nn_linear_pack(nn_linear *w, nn_weight_type type, int stored_nk, const nn_li
     int n0 = 0;
     for (int i = 0; i < count; i++) {
         const nn_linear_part *p = &parts[i];
-        if (type == NN_F32) PACK_PART(float, PLAIN_INDEX);
-        else if (type == NN_F16) PACK_PART(uint16_t, PLAIN_INDEX);
-        else PACK_PART(int8_t, nn_q8_index);
+        if (type == NN_F32) PACK_PART(float, PLAIN_START, PLAIN_INDEX);
+        else if (type == NN_F16) PACK_PART(uint16_t, PLAIN_START, PLAIN_INDEX);
+        else PACK_PART(int8_t, Q8_START, Q8_INDEX);
         if (p->bias) memcpy(w->bias + n0, p->bias, (size_t)p->n * sizeof(float));
         if (type == NN_Q8) memcpy(w->scale + n0, p->scale, (size_t)p->n * sizeof(float));
         n0 += p->n;
@@ -245,7 +252,9 @@ static float element(const nn_linear *w, int p, int k, int j) {
     const size_t panel = (size_t)p * packed_k(w->type, w->K);
     switch (w->type) {
     case NN_F16: return nn_half_to_float(((const uint16_t *)w->panels)[panel + PLAIN_INDEX(k, j)]);
-    case NN_Q8: return (float)((const int8_t *)w->panels)[panel + nn_q8_index(k, j)];
+    case NN_Q8:
+        return (float)((const int8_t *)w->panels)[nn_q8_panel_offset(p, (int)packed_k(w->type, w->K)) +
+                                                  nn_q8_index(k, j, nn_q8_group_panels(p, w->N))];
     default: return ((const float *)w->panels)[panel + PLAIN_INDEX(k, j)];
     }
 }
