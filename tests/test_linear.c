@@ -252,6 +252,45 @@ static void test_narrow_types(void) {
     }
 }
 
+/* nn_linear_view (attention's keys and values, the decoder's cross-attention caches): fp32 and
+ * f16 panels packed from a strided source in either orientation give the plain loop's bits, and
+ * nn_linear_wrap over the same memory gives them again. */
+static void test_views(void) {
+    for (size_t i = 0; i < N_SHAPES; i++) {
+        int T = shapes[i][0], K = shapes[i][1], N = shapes[i][2];
+        const size_t pad = 3; /* source rows longer than the matrix's */
+        float *x = rand_buf((size_t)T * K), *src = rand_buf(((size_t)K + pad) * ((size_t)N + pad));
+        float *zero = aligned_alloc(64, ((size_t)N + NN_PANEL) * sizeof(float) / 64 * 64 + 64);
+        void *panels = aligned_alloc(64, (nn_linear_packed_elems(K, N) * sizeof(float) + 63) / 64 * 64);
+        float *y = malloc((size_t)T * N * sizeof *y), *ref = malloc((size_t)T * N * sizeof *ref);
+        memset(zero, 0, ((size_t)N + NN_PANEL) * sizeof(float));
+        for (int type = NN_F32; type <= NN_F16; type++)
+            for (int nk = 0; nk < 2; nk++) {
+                const size_t stride = (size_t)(nk ? K : N) + pad;
+                nn_linear v;
+                nn_linear_view(&v, (nn_weight_type)type, panels, zero, src, stride, nk, K, N);
+                nn_linear_forward(y, N, x, K, &v, T);
+                for (int t = 0; t < T; t++)
+                    for (int n = 0; n < N; n++) {
+                        float acc = 0.0f;
+                        for (int k = 0; k < K; k++) {
+                            float wv = nk ? src[(size_t)n * stride + k] : src[(size_t)k * stride + n];
+                            if (type == NN_F16) wv = nn_half_to_float(nn_float_to_half(wv));
+                            acc = fmaf(x[(size_t)t * K + k], wv, acc);
+                        }
+                        ref[(size_t)t * N + n] = acc;
+                    }
+                CHECK(!memcmp(y, ref, (size_t)T * N * sizeof *y), "%s view %s T=%d K=%d N=%d: differs from the plain loop",
+                      type == NN_F16 ? "f16" : "fp32", nk ? "nk" : "kn", T, K, N);
+                nn_linear again = nn_linear_wrap((nn_weight_type)type, panels, zero, K, N);
+                nn_linear_forward(y, N, x, K, &again, T);
+                CHECK(!memcmp(y, ref, (size_t)T * N * sizeof *y), "%s wrap T=%d K=%d N=%d differs",
+                      type == NN_F16 ? "f16" : "fp32", T, K, N);
+            }
+        free(x), free(src), free(zero), free(panels), free(y), free(ref);
+    }
+}
+
 /* nn_floats_to_halves (vectorised where the CPU can) gives nn_float_to_half's bits, on every
  * float pattern class: subnormal results, ties, overflow, infinities, NaNs with payloads. */
 static void test_halves_vector(void) {
@@ -314,6 +353,7 @@ int main(void) {
         test_strides();
         test_concat();
         test_narrow_types();
+        test_views();
         test_q8_quantize_special();
         test_halves_vector();
     }
