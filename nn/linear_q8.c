@@ -236,10 +236,10 @@ DEFINE_QROWS_Z(qrows_z)
 #define QT4_BLOCK_END(r)                                                                               \
     do {                                                                                               \
         const __m512 dv = _mm512_set1_ps(d##r[b]);                                                     \
-        f[r][4 * set + 0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i##r##0), dv, f[r][4 * set + 0]); \
-        f[r][4 * set + 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i##r##1), dv, f[r][4 * set + 1]); \
-        f[r][4 * set + 2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i##r##2), dv, f[r][4 * set + 2]); \
-        f[r][4 * set + 3] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i##r##3), dv, f[r][4 * set + 3]); \
+        f[r][4 * set + 0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i##r##0), dv, f[r][4 * set + 0]);       \
+        f[r][4 * set + 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i##r##1), dv, f[r][4 * set + 1]);       \
+        f[r][4 * set + 2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i##r##2), dv, f[r][4 * set + 2]);       \
+        f[r][4 * set + 3] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i##r##3), dv, f[r][4 * set + 3]);       \
     } while (0)
 #define QT_ROW_PTRS                                                                                    \
     const float *xr[TILE_ROWS];                                                                        \
@@ -258,12 +258,12 @@ DEFINE_QROWS_Z(qrows_z)
                 i##rc##3 = i##ra##0;                                                                   \
         for (int g = 0; g < BLOCK_PAIRS; g++) {                                                        \
             const int kk = b * BLOCK_PAIRS + g;                                                        \
-            const int8_t *row = q0 + (size_t)kk * stride + 8 * NN_PANEL * set; /* 4 panels */      \
+            const int8_t *row = q0 + (size_t)kk * stride + 8 * NN_PANEL * set; /* 4 panels */          \
             if (STREAM) {                                                                              \
                 _mm_prefetch((const char *)(row + Q8_PREFETCH(4 * 2 * NN_PANEL)), _MM_HINT_T0);        \
                 _mm_prefetch((const char *)(row + 64 + Q8_PREFETCH(4 * 2 * NN_PANEL)), _MM_HINT_T0);   \
             }                                                                                          \
-            const __m512i w0 = ZW(row), w1 = ZW(row + 32), w2 = ZW(row + 64), w3 = ZW(row + 96);        \
+            const __m512i w0 = ZW(row), w1 = ZW(row + 32), w2 = ZW(row + 64), w3 = ZW(row + 96);       \
             QT4_ROW(ra);                                                                               \
             QT4_ROW(rb);                                                                               \
             QT4_ROW(rc);                                                                               \
@@ -272,22 +272,22 @@ DEFINE_QROWS_Z(qrows_z)
         QT4_BLOCK_END(rb);                                                                             \
         QT4_BLOCK_END(rc);                                                                             \
     } while (0)
-#define DEFINE_QTILE_Z(name, STREAM, SETS)                                                         \
+#define DEFINE_QTILE_Z(name, STREAM, SETS)                                                             \
     Z_TARGET static void name(float *out, size_t out_stride, const float *x, size_t x_stride,          \
                             const nn_linear *w, int p, int rows) {                                     \
         const int kq = nn_q8_k(w->K), blocks = kq / NN_Q8_BLOCK;                                       \
         Q8_PANEL(q0, stride);                                                                          \
         QT_ROW_PTRS;                                                                                   \
-        __m512 f[TILE_ROWS][4 * SETS];                                                             \
+        __m512 f[TILE_ROWS][4 * SETS];                                                                 \
         for (int r = 0; r < TILE_ROWS; r++)                                                            \
-            for (int j = 0; j < 4 * SETS; j++) f[r][j] = _mm512_setzero_ps();                      \
+            for (int j = 0; j < 4 * SETS; j++) f[r][j] = _mm512_setzero_ps();                          \
         for (int b = 0; b < blocks; b++)                                                               \
-            for (int set = 0; set < SETS; set++) {                                     \
+            for (int set = 0; set < SETS; set++) {                                                     \
                 QT4_HALF(STREAM, 0, 1, 2);                                                             \
                 if (rows > 3) QT4_HALF(0, 3, 4, 5);                                                    \
             }                                                                                          \
         for (int r = 0; r < rows; r++)                                                                 \
-            for (int j = 0; j < 4 * SETS; j++)                                                     \
+            for (int j = 0; j < 4 * SETS; j++)                                                         \
                 _mm512_storeu_ps(out + (size_t)r * out_stride + 16 * j, Z_FINISH(f[r][j], j));         \
     }
 /* TILE_ROWS rows × a whole group of 8 panels, a block at a time: its two sets of four panels
