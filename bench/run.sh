@@ -36,7 +36,7 @@ N_IMAGES=16
 BASE=1
 BUILD_FIRST=1
 QUANT="f16 q8"
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case $1 in
     --threads) THREADS=$2; shift ;;
