@@ -2,8 +2,7 @@
  * engines: OpenBLAS sgemm GFLOP/s on the linear layers of one image through the model's encoder,
  * and the memory bandwidth of a streaming read of a buffer far larger than the caches (the best
  * of one and eight sequential streams per thread, each plain and with software prefetching at
- * 256 .. 2048 bytes ahead). Prints
- * one JSON object. Not a test.
+ * 256 .. 2048 bytes ahead; bench/stream.h). Prints one JSON object. Not a test.
  *
  *   build-bench/xcap_machine_bench MODEL_DIR THREADS [SECONDS]
  *
@@ -19,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench/stream.h"
 #include "bench/timing.h"
 #include "weights/config.h"
 
@@ -42,70 +42,6 @@ static float *filled(size_t n, float value) {
     if (p)
         for (size_t i = 0; i < n; i++) p[i] = value + (float)(i % 7) * 1e-3f;
     return p;
-}
-
-typedef struct {
-    const float *data;
-    size_t n;
-    int streams;  /* sequential streams each thread reads side by side: 1 or 8 */
-    int prefetch; /* bytes ahead each stream is prefetched; 0: the hardware prefetchers alone */
-    float sink;
-} stream;
-
-/* Sums [from, to) as one sequential stream with four independent AVX accumulators. */
-__attribute__((target("avx2"))) static float stream_one(const float *data, size_t from, size_t to, int prefetch) {
-    __m256 a = _mm256_setzero_ps(), b = a, c = a, d = a;
-    const size_t ahead = (size_t)prefetch / sizeof(float);
-    for (size_t i = from; i < to; i += 32) {
-        if (ahead) {
-            _mm_prefetch((const char *)(data + i + ahead), _MM_HINT_T0);
-            _mm_prefetch((const char *)(data + i + ahead + 16), _MM_HINT_T0);
-        }
-        a = _mm256_add_ps(a, _mm256_load_ps(data + i));
-        b = _mm256_add_ps(b, _mm256_load_ps(data + i + 8));
-        c = _mm256_add_ps(c, _mm256_load_ps(data + i + 16));
-        d = _mm256_add_ps(d, _mm256_load_ps(data + i + 24));
-    }
-    float lanes[8], total = 0;
-    _mm256_storeu_ps(lanes, _mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));
-    for (int l = 0; l < 8; l++) total += lanes[l];
-    return total;
-}
-
-/* Sums [from, to) cut into 8 equal parts read side by side, 16 floats (one cache line) of each
- * per step: the access pattern of xcap's matrix-vector kernels, which read 8 weight panels at
- * once. */
-__attribute__((target("avx2"))) static float stream_eight(const float *data, size_t from, size_t to, int prefetch) {
-    const size_t part = (to - from) / 8 / 16 * 16, ahead = (size_t)prefetch / sizeof(float);
-    __m256 acc[8];
-    for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
-    for (size_t i = 0; i < part; i += 16)
-        for (int j = 0; j < 8; j++) {
-            const float *p = data + from + (size_t)j * part + i;
-            if (ahead) _mm_prefetch((const char *)(p + ahead), _MM_HINT_T0);
-            acc[j] = _mm256_add_ps(acc[j], _mm256_add_ps(_mm256_load_ps(p), _mm256_load_ps(p + 8)));
-        }
-    float lanes[8], total = 0;
-    for (int j = 0; j < 8; j++) {
-        _mm256_storeu_ps(lanes, acc[j]);
-        for (int l = 0; l < 8; l++) total += lanes[l];
-    }
-    return total;
-}
-
-/* A read-only stream over the whole buffer, split between the threads. The vector code sits in
- * functions of its own called from the parallel region: clang does not give a region's outlined
- * body the target attributes of the function around it. */
-static void run_stream(void *ctx) {
-    stream *s = ctx;
-    float total = 0;
-#pragma omp parallel reduction(+ : total)
-    {
-        int nt = omp_get_num_threads(), id = omp_get_thread_num();
-        size_t chunk = s->n / 128 / nt * 128, from = chunk * id, to = from + chunk;
-        total += s->streams == 8 ? stream_eight(s->data, from, to, s->prefetch) : stream_one(s->data, from, to, s->prefetch);
-    }
-    s->sink = total;
 }
 
 /* Peak multiply-add rate of the cores: independent FMA chains on registers only (no memory
@@ -204,32 +140,26 @@ int main(int argc, char **argv) {
         cJSON_AddNumberToObject(out, "fma_peak_avx512_gflops",
                                 16 * per_run / median_time(run_fma_avx512, &fc, seconds / 5) * 1e-9);
 
-    /* 1 GiB: 32 times this machine's L3 at the time of writing, and larger than any
-     * last-level cache of a current server part. */
-    stream st = {.n = (size_t)1 << 28};
-    st.data = filled(st.n, 1.0f);
+    bench_stream st = {.n = BENCH_STREAM_FLOATS};
+    st.data = bench_stream_buffer();
     if (!st.data) {
         fprintf(stderr, "xcap_machine_bench: out of memory for the bandwidth buffer\n");
         return 1;
     }
-    /* The best of one and eight streams per thread, each plain and with software prefetching
-     * at a few distances: the most this memory delivers to a read-only scan. */
-    static const int distances[] = {0, 256, 512, 1024, 2048};
+    /* The best of the variants (bench/stream.h), each its median over `seconds`: the most this
+     * memory delivers to a read-only scan. */
     cJSON *variants = cJSON_AddArrayToObject(out, "bandwidth_variants");
     double best = 0;
-    for (int streams = 1; streams <= 8; streams += 7)
-        for (size_t i = 0; i < sizeof distances / sizeof *distances; i++) {
-            st.streams = streams;
-            st.prefetch = distances[i];
-            size_t bytes = (size_t)omp_get_max_threads() * (st.n / 128 / omp_get_max_threads() * 128) * sizeof(float);
-            double gbs = (double)bytes / median_time(run_stream, &st, seconds) * 1e-9;
-            cJSON *v = cJSON_CreateObject();
-            cJSON_AddNumberToObject(v, "streams_per_thread", streams);
-            cJSON_AddNumberToObject(v, "prefetch_bytes", distances[i]);
-            cJSON_AddNumberToObject(v, "gbs", gbs);
-            cJSON_AddItemToArray(variants, v);
-            if (gbs > best) best = gbs;
-        }
+    for (int v = 0; v < BENCH_STREAM_VARIANTS; v++) {
+        bench_stream_variant(&st, v);
+        double gbs = bench_stream_bytes(&st) / median_time(bench_stream_run, &st, seconds) * 1e-9;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "streams_per_thread", st.streams);
+        cJSON_AddNumberToObject(o, "prefetch_bytes", st.prefetch);
+        cJSON_AddNumberToObject(o, "gbs", gbs);
+        cJSON_AddItemToArray(variants, o);
+        if (gbs > best) best = gbs;
+    }
     cJSON_AddNumberToObject(out, "bandwidth_gbs", best);
     cJSON_AddNumberToObject(out, "bandwidth_buffer_bytes", (double)st.n * sizeof(float));
     free((void *)st.data);

@@ -26,6 +26,13 @@ Derived numbers, from the model's config.json:
   cross-attention query/output, query|key|value, MLP in and out, per layer, and the lm_head over
   the vocabulary) at 4 bytes a weight (xcap f16: 2; q8: 1, plus a float32 scale per output
   channel); biases, layernorms and caches are left out.
+A decoder's fraction of the bandwidth is, for xcap (whose xcap_stages takes decoder sweeps and
+bandwidth readings of the same length in turn: stage "decoder_paired"), the median over every
+sweep of all rounds of its weight bytes per second over the higher of the readings just before
+and just after it; the memory of this machine swings between about 35 and 70 GB/s within
+minutes, so a step and a reading minutes apart say little about each other. The fraction of the
+best reading of the whole run is kept too ("..._of_best_bandwidth"); it is the only one for the
+other engines and for runs without paired sweeps.
 Speed-ups are the other engine's time / xcap's time (images/s: xcap's rate / the other's), so
 > 1 means xcap is faster; memory ratios are xcap's peak RSS / the other's.
 """
@@ -34,6 +41,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -144,13 +152,19 @@ def collect(model_run, threads, engines):
         rounds = {}
         for part in parts:
             for k, v in part.get("stages", {}).items():
-                rounds.setdefault(k, []).append(v["median_s"])
+                if "median_s" in v:
+                    rounds.setdefault(k, []).append(v["median_s"])
         first = parts[0] if parts else {}
         e = {"stages": {k: min(v) for k, v in rounds.items()}, "rounds": rounds,
-             "reps": {k: v["reps"] for k, v in first.get("stages", {}).items()},
+             "reps": {k: v["reps"] for k, v in first.get("stages", {}).items() if "reps" in v},
              "greedy_tokens": first.get("greedy_tokens"), "beam_tokens": first.get("beam_tokens"),
              "version": first.get("version"), "threads_config": first.get("threads_config")}
         # every round must have produced the same tokens
+        # decoder sweeps and the bandwidth readings around each: (seconds per token, before, after)
+        e["paired"] = [(t, p["bandwidth_gbs"][i], p["bandwidth_gbs"][i + 1])
+                       for p in (part["stages"]["decoder_paired"] for part in parts
+                                 if "decoder_paired" in part.get("stages", {}))
+                       for i, t in enumerate(p["step_s"])]
         e["tokens_stable"] = all(p.get("greedy_tokens") == e["greedy_tokens"] and p.get("beam_tokens") ==
                                  e["beam_tokens"] for p in parts)
         if engine in XCAP_VARIANTS:  # `xcap batch`'s own summary line
@@ -214,7 +228,13 @@ def derive(engines, machine, numbers):
         peak = max(machine.get("fma_peak_avx2_gflops") or 0, machine.get("fma_peak_avx512_gflops") or 0)
         r[f"{name}_encoder_of_peak"] = ratio(gflops, peak or None)
         r[f"{name}_decoder_weight_gbs"] = gbs
-        r[f"{name}_decoder_of_bandwidth"] = ratio(gbs, machine.get("bandwidth_gbs"))
+        r[f"{name}_decoder_of_best_bandwidth"] = ratio(gbs, machine.get("bandwidth_gbs"))
+        paired = sorted(decoder_bytes(numbers, name) / t * 1e-9 / max(before, after)
+                        for t, before, after in e.get("paired") or [])
+        r[f"{name}_decoder_paired_sweeps"] = len(paired)
+        r[f"{name}_decoder_of_paired_bandwidth"] = statistics.median(paired) if paired else None
+        r[f"{name}_decoder_of_bandwidth"] = (r[f"{name}_decoder_of_paired_bandwidth"] if paired
+                                             else r[f"{name}_decoder_of_best_bandwidth"])
     x = engines.get("xcap")
     if numbers["file_bytes"] and x and x["rss_mb"]:
         r["xcap_rss_minus_file_mb"] = x["rss_mb"] - numbers["file_bytes"] / 1e6
@@ -283,14 +303,16 @@ def markdown(label, info, per_threads):
             bw += " (readings: %s)" % ", ".join(fmt(v) for v in m["readings"]["bandwidth_gbs"])
         lines.append(f"| {t} | {fmt(m.get('sgemm_encoder_gflops'))} | {fmt(m.get('fma_peak_avx2_gflops'))} / "
                      f"{fmt(m.get('fma_peak_avx512_gflops'))} | {bw} |")
-    lines += ["", "| engine | threads | encoder GFLOP/s | of sgemm | of FMA peak | decoder weight GB/s | of bandwidth |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| engine | threads | encoder GFLOP/s | of sgemm | of FMA peak | decoder weight GB/s (best round) "
+              "| of best bandwidth reading | of bandwidth at the same moment (sweeps) |", "|---|---|---|---|---|---|---|---|"]
     for n in engines:
         for t, d in per_threads.items():
             r = d["ratios"]
+            sweeps = r[f"{n}_decoder_paired_sweeps"]
+            same_moment = f"{pct(r[f'{n}_decoder_of_paired_bandwidth'])} ({sweeps})" if sweeps else "-"
             lines.append(f"| {ENGINE_NAMES[n]} | {t} | {fmt(r[f'{n}_encoder_gflops'])} | {pct(r[f'{n}_encoder_of_sgemm'])} "
-                         f"| {pct(r[f'{n}_encoder_of_peak'])} "
-                         f"| {fmt(r[f'{n}_decoder_weight_gbs'])} | {pct(r[f'{n}_decoder_of_bandwidth'])} |")
+                         f"| {pct(r[f'{n}_encoder_of_peak'])} | {fmt(r[f'{n}_decoder_weight_gbs'])} "
+                         f"| {pct(r[f'{n}_decoder_of_best_bandwidth'])} | {same_moment} |")
     lines += acceptance(info, per_threads)
     lines.append("")
     for t, d in per_threads.items():
@@ -328,6 +350,10 @@ def acceptance(info, per_threads):
         held = "-" if value is None else ("holds" if value >= bar else "misses")
         return f"| {what} | {shown(value)} | {shown(bar)} | {held} |"
 
+    def bandwidth_kind(engine):
+        sweeps = r.get(f"{engine}_decoder_paired_sweeps")
+        return f"the bandwidth at the same moment (median of {sweeps} sweeps)" if sweeps else "the best bandwidth reading"
+
     def times(v):
         return "-" if v is None else f"{v:.2f}x"
 
@@ -335,8 +361,10 @@ def acceptance(info, per_threads):
             row("greedy caption, xcap q8 vs PyTorch", (r.get("xcap-q8_speedup_vs_pytorch") or {}).get("greedy16"), 3.0, times),
             row("encoder, xcap vs ONNX Runtime", (r.get("xcap_speedup_vs_onnxruntime") or {}).get("encoder"), 1.0, times),
             row("encoder, xcap of the sgemm rate", r.get("xcap_encoder_of_sgemm"), 0.7, pct),
-            row("decoder step, xcap fp32 weight bytes/s of bandwidth", r.get("xcap_decoder_of_bandwidth"), 0.7, pct),
-            row("decoder step, xcap q8 weight bytes/s of bandwidth", r.get("xcap-q8_decoder_of_bandwidth"), 0.7, pct)]
+            row(f"decoder step, xcap fp32 weight bytes/s of {bandwidth_kind('xcap')}", r.get("xcap_decoder_of_bandwidth"),
+                0.7, pct),
+            row(f"decoder step, xcap q8 weight bytes/s of {bandwidth_kind('xcap-q8')}", r.get("xcap-q8_decoder_of_bandwidth"),
+                0.7, pct)]
     extra = r.get("xcap_rss_minus_file_mb")
     rows.append(f"| peak RSS fp32 minus model file | {fmt(extra)} MB | 100 MB | "
                 f"{'-' if extra is None else 'holds' if extra <= 100 else 'misses'} |")

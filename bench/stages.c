@@ -10,6 +10,12 @@
  *   encoder     the ViT over one image, plus enc_to_dec_proj when the model has one
  *   cross_kv    every decoder layer's cross-attention keys and values of that memory
  *   decoder_token  one decoder position for one sequence, averaged over positions 0..15
+ *   decoder_paired the same 16 steps taken in turn with readings of the memory bandwidth of about
+ *                  the same length (bench/stream.h scans), so that the steps' bytes per second
+ *                  can be set against the bandwidth of the same moment: on a shared machine
+ *                  both drift by tens of percent within minutes. Reports every sweep's time
+ *                  per token ("step_s") and every reading ("bandwidth_gbs": reading i just
+ *                  before sweep i, the last one after the last sweep)
  *   greedy16    xcap_caption, greedy, exactly 16 new tokens (eos banned before)
  *   beam4       the same with 4 beams
  * The tokens of both captions are printed too, so that run.sh can check that the engines agree.
@@ -21,6 +27,7 @@
 #include <string.h>
 
 #include "cmd/image.h"
+#include "bench/stream.h"
 #include "bench/timing.h"
 #include "nn/kernels.h"
 #include "nn/linear.h"
@@ -97,8 +104,6 @@ static void stage_beam(void *ctx) {
     caption_with(b, &b->beam);
 }
 
-/* Times fn (bench_time) and adds {"median_s", "min_s", "reps"}, divided by `per`, under `name`.
- * Returns 0, or -1 when fn failed. */
 /* 1 unless XCAP_STAGES is set and does not list the stage. */
 static int wanted(const char *name) {
     const char *list = getenv("XCAP_STAGES");
@@ -109,6 +114,8 @@ static int wanted(const char *name) {
     return 0;
 }
 
+/* Times fn (bench_time) and adds {"median_s", "min_s", "reps"}, divided by `per`, under `name`.
+ * Returns 0, or -1 when fn failed. */
 static int time_stage(bench *b, cJSON *stages, const char *name, void (*fn)(void *), double seconds, int min_reps,
                       int per) {
     if (!wanted(name)) return 0;
@@ -122,6 +129,51 @@ static int time_stage(bench *b, cJSON *stages, const char *name, void (*fn)(void
     cJSON_AddNumberToObject(o, "min_s", t.min_s / per);
     cJSON_AddNumberToObject(o, "reps", t.reps);
     return 0;
+}
+
+/* One bandwidth reading: scans of the whole buffer with variant v of bench/stream.h, repeated
+ * until they have taken at least `seconds` (at least one scan); their bytes over their time. */
+static double bandwidth_now(bench_stream *st, int v, double seconds) {
+    bench_stream_variant(st, v);
+    double bytes = 0, t0 = bench_now(), t;
+    do {
+        bench_stream_run(st);
+        bytes += bench_stream_bytes(st);
+    } while ((t = bench_now() - t0) < seconds);
+    return bytes / t * 1e-9;
+}
+
+/* The decoder_paired stage (see the top of the file): a bandwidth reading as long as the last
+ * decoder sweep, a sweep of CAPTION_TOKENS decoder steps, a reading, a sweep, ... for `seconds`
+ * and at least min_reps sweeps, then a last reading; successive readings take the variants of
+ * bench/stream.h in turn. Returns 0, or -1 on failure. */
+static int time_decoder_paired(bench *b, cJSON *stages, double seconds, int min_reps) {
+    enum { MAX_PAIRS = 1000 };
+    if (!wanted("decoder_paired")) return 0;
+    bench_stream st = {.n = BENCH_STREAM_FLOATS};
+    st.data = bench_stream_buffer();
+    if (!st.data) {
+        snprintf(b->err, sizeof b->err, "out of memory for the bandwidth buffer");
+        return -1;
+    }
+    double sweep = bench_now();
+    stage_decoder_steps(b); /* warm-up */
+    sweep = bench_now() - sweep;
+    cJSON *o = cJSON_AddObjectToObject(stages, "decoder_paired");
+    cJSON *steps = cJSON_AddArrayToObject(o, "step_s"), *readings = cJSON_AddArrayToObject(o, "bandwidth_gbs");
+    double start = bench_now();
+    int n = 0;
+    for (; !b->failed && n < MAX_PAIRS && (n < min_reps || bench_now() - start < seconds); n++) {
+        cJSON_AddItemToArray(readings, cJSON_CreateNumber(bandwidth_now(&st, n % BENCH_STREAM_VARIANTS, sweep)));
+        double t0 = bench_now();
+        stage_decoder_steps(b);
+        sweep = bench_now() - t0;
+        cJSON_AddItemToArray(steps, cJSON_CreateNumber(sweep / CAPTION_TOKENS));
+    }
+    cJSON_AddItemToArray(readings, cJSON_CreateNumber(bandwidth_now(&st, n % BENCH_STREAM_VARIANTS, sweep)));
+    free((void *)st.data);
+    if (b->failed) fprintf(stderr, "xcap_stages: decoder_paired: %s\n", b->err);
+    return b->failed ? -1 : 0;
 }
 
 static void add_tokens(cJSON *out, const char *name, const xcap_result *r) {
@@ -197,6 +249,7 @@ int main(int argc, char **argv) {
         b.step_tokens[i] = b.result.n_hyps > 0 && i - 1 < b.result.hyps[0].n_tokens ? b.result.hyps[0].tokens[i - 1]
                                                                                    : b.step_tokens[0];
     rc = rc ? rc : time_stage(&b, stages, "decoder_token", stage_decoder_steps, seconds, min_reps, CAPTION_TOKENS);
+    rc = rc ? rc : time_decoder_paired(&b, stages, seconds, min_reps);
     rc = rc ? rc : time_stage(&b, stages, "beam4", stage_beam, seconds, min_reps, 1);
     if (!rc && wanted("beam4")) add_tokens(out, "beam_tokens", &b.result);
     if (!rc) {
