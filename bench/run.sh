@@ -11,7 +11,8 @@
 #                bench/prepare.py into the work folder on first use (about 1 GB), unless --no-base
 #   --rounds R   the engines take turns R times per thread count (default 3), the order reversed
 #                every other round, with the machine's limits read before the first round and
-#                after each; each engine's best round counts (see bench/report.py)
+#                after each; each engine's best round counts (see bench/report.py); xcap's
+#                decoder steps are also set against bandwidth readings taken between them
 #   --seconds S  in each round each stage repeats for at least S seconds (default 1) ...
 #   --reps N     ... and at least N times (default 5); its median is the round's time
 #   --images N   images for batch throughput (default 16)
